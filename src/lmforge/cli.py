@@ -1,0 +1,552 @@
+"""The ``lmforge`` command: thin wrappers that parse flags, call the library and print.
+
+Every :class:`~lmforge.errors.LmforgeError` becomes one line on stderr and exit code 2.
+Heavy modules (torch) are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lmforge import __version__
+from lmforge.errors import LmforgeError
+
+EXIT_USAGE = 2
+
+# --- flag tables -----------------------------------------------------------------------------
+# Each train flag writes into one section of the run configuration ("section.field").
+
+_DATA_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "--corpus",
+        {
+            "dest": "data.corpus",
+            "metavar": "NAME|PATH",
+            "help": "tinyshakespeare, wikitext-2, names, a .txt file or a directory "
+            "(default tinyshakespeare)",
+        },
+    ),
+    (
+        "--data-dir",
+        {
+            "dest": "data.data_dir",
+            "metavar": "DIR",
+            "help": "where named corpora are looked for first (default $LMFORGE_DATA_DIR)",
+        },
+    ),
+    (
+        "--val-fraction",
+        {
+            "dest": "data.val_fraction",
+            "type": float,
+            "help": "share of the text held out when the corpus has no "
+            "validation file (default 0.1)",
+        },
+    ),
+]
+
+_TOKENIZER_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "--tokenizer",
+        {
+            "dest": "tokenizer.kind",
+            "choices": ["char", "word", "bpe"],
+            "help": "tokenizer to train for the run (default char)",
+        },
+    ),
+    (
+        "--tokenizer-file",
+        {
+            "dest": "tokenizer.file",
+            "metavar": "JSON",
+            "help": "use this saved tokenizer instead of training one",
+        },
+    ),
+    ("--vocab-size", {"dest": "tokenizer.vocab_size", "type": int, "help": "BPE vocabulary size"}),
+    (
+        "--pattern",
+        {
+            "dest": "tokenizer.pattern",
+            "metavar": "gpt2|gpt4|none|REGEX",
+            "help": "BPE pre-tokenization split pattern (default gpt4)",
+        },
+    ),
+    (
+        "--special",
+        {
+            "dest": "tokenizer.special",
+            "nargs": "+",
+            "metavar": "TOKEN",
+            "help": "BPE special tokens, e.g. <|endoftext|>",
+        },
+    ),
+    (
+        "--word-split",
+        {
+            "dest": "tokenizer.word_split",
+            "choices": ["words", "whitespace"],
+            "help": "word tokenizer: separate punctuation (words) or split on "
+            "spaces only (whitespace)",
+        },
+    ),
+    (
+        "--lowercase",
+        {
+            "dest": "tokenizer.lowercase",
+            "action": "store_const",
+            "const": True,
+            "help": "word tokenizer: lowercase the text",
+        },
+    ),
+    (
+        "--min-freq",
+        {
+            "dest": "tokenizer.min_freq",
+            "type": int,
+            "help": "word/BPE: drop tokens (pairs) seen fewer times",
+        },
+    ),
+    (
+        "--max-vocab",
+        {
+            "dest": "tokenizer.max_vocab",
+            "type": int,
+            "help": "word tokenizer: keep only the most frequent words",
+        },
+    ),
+    (
+        "--unk",
+        {
+            "dest": "tokenizer.unk",
+            "action": "store_const",
+            "const": True,
+            "help": "add <unk> so unknown tokens encode to it",
+        },
+    ),
+]
+
+_MODEL_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "--model",
+        {
+            "dest": "model.family",
+            "metavar": "FAMILY",
+            "help": "bigram, context, rnn, gru, lstm or transformer (default lstm)",
+        },
+    ),
+    ("--n-embd", {"dest": "model.n_embd", "type": int, "help": "embedding size"}),
+    ("--n-hidden", {"dest": "model.n_hidden", "type": int, "help": "recurrent state size"}),
+    ("--n-layer", {"dest": "model.n_layer", "type": int, "help": "number of layers"}),
+    ("--n-head", {"dest": "model.n_head", "type": int, "help": "attention heads"}),
+    ("--dropout", {"dest": "model.dropout", "type": float, "help": "dropout probability"}),
+    (
+        "--tie-weights",
+        {
+            "dest": "model.tie_weights",
+            "action": "store_const",
+            "const": True,
+            "help": "share the embedding and output matrices",
+        },
+    ),
+    (
+        "--context-mode",
+        {
+            "dest": "model.mode",
+            "choices": ["sum", "mean"],
+            "help": "context model: sum or mean of the embeddings",
+        },
+    ),
+]
+
+_TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--batch-size", {"dest": "train.batch_size", "type": int, "help": "windows per step (B)"}),
+    ("--block-size", {"dest": "train.block_size", "type": int, "help": "window length (T)"}),
+    ("--max-steps", {"dest": "train.max_steps", "type": int, "help": "optimizer steps"}),
+    (
+        "--time-budget",
+        {
+            "dest": "train.time_budget",
+            "type": float,
+            "metavar": "SECONDS",
+            "help": "train for this long; the schedule spans it and the last "
+            "evaluation and checkpoint fit inside it",
+        },
+    ),
+    ("--learning-rate", {"dest": "train.learning_rate", "type": float, "help": "peak rate"}),
+    (
+        "--min-lr",
+        {
+            "dest": "train.min_lr",
+            "type": float,
+            "help": "rate at the end of the cosine (default learning rate / 10)",
+        },
+    ),
+    ("--warmup-steps", {"dest": "train.warmup_steps", "type": int, "help": "linear warmup"}),
+    ("--lr-schedule", {"dest": "train.lr_schedule", "choices": ["cosine", "constant"]}),
+    ("--optimizer", {"dest": "train.optimizer", "choices": ["adamw", "sgd"]}),
+    (
+        "--weight-decay",
+        {"dest": "train.weight_decay", "type": float, "help": "AdamW decay (matrices only)"},
+    ),
+    ("--beta1", {"dest": "train.beta1", "type": float}),
+    ("--beta2", {"dest": "train.beta2", "type": float}),
+    ("--momentum", {"dest": "train.momentum", "type": float, "help": "SGD momentum"}),
+    (
+        "--grad-clip",
+        {"dest": "train.grad_clip", "type": float, "help": "clip the gradient norm (0: off)"},
+    ),
+    (
+        "--grad-accum",
+        {"dest": "train.grad_accum", "type": int, "help": "batches accumulated per optimizer step"},
+    ),
+    (
+        "--eval-interval",
+        {
+            "dest": "train.eval_interval",
+            "type": int,
+            "help": "steps between validation + checkpoint",
+        },
+    ),
+    (
+        "--eval-iters",
+        {"dest": "train.eval_iters", "type": int, "help": "batches per validation estimate"},
+    ),
+    (
+        "--log-interval",
+        {"dest": "train.log_interval", "type": int, "help": "steps between metrics records"},
+    ),
+    ("--seed", {"dest": "train.seed", "type": int, "help": "makes the run reproducible"}),
+    ("--device", {"dest": "train.device", "help": "auto (default), cpu, cuda, cuda:N, mps"}),
+    (
+        "--dtype",
+        {
+            "dest": "train.dtype",
+            "choices": ["float32", "bfloat16", "float16"],
+            "help": "autocast precision",
+        },
+    ),
+    (
+        "--compile",
+        {
+            "dest": "train.compile",
+            "action": "store_const",
+            "const": True,
+            "help": "torch.compile the model",
+        },
+    ),
+]
+
+
+def _add_flags(parser: argparse.ArgumentParser, title: str, flags: list) -> None:
+    group = parser.add_argument_group(title)
+    for flag, options in flags:
+        group.add_argument(flag, default=None, **options)
+
+
+def _nested(args: argparse.Namespace, flags: list) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for _, options in flags:
+        section, field = options["dest"].split(".")
+        value = getattr(args, options["dest"])
+        if value is not None:
+            tree.setdefault(section, {})[field] = value
+    return tree
+
+
+_ALL_TRAIN_FLAGS = _DATA_FLAGS + _TOKENIZER_FLAGS + _MODEL_FLAGS + _TRAIN_FLAGS
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lmforge.config import resolve_config
+    from lmforge.training.trainer import resume_config, train
+
+    overrides = _nested(args, _ALL_TRAIN_FLAGS)
+    if args.resume:
+        if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
+            raise LmforgeError("--resume RUN continues RUN in place; drop --out")
+        allowed = {k: v for k, v in overrides.get("train", {}).items()}
+        if set(overrides) - {"train"}:
+            shown = ", ".join(sorted(set(overrides) - {"train"}))
+            raise LmforgeError(f"{shown} settings cannot change when resuming; drop those flags")
+        config = resume_config(args.resume, allowed)
+        result = train(config, resume=True, progress=not args.quiet)
+    else:
+        overrides["out"] = args.out
+        config = resolve_config(overrides, args.config)
+        result = train(config, overwrite=args.overwrite, progress=not args.quiet)
+    _print_train_summary(result)
+    return 0
+
+
+def _print_train_summary(result: Any) -> None:
+    parts = [f"{result.steps} steps, {result.tokens:,} tokens in {result.elapsed_s:.0f} s"]
+    if result.val_loss is not None:
+        parts.append(f"val loss {result.val_loss:.4f}")
+    if result.best_val_loss is not None:
+        parts.append(f"best {result.best_val_loss:.4f}")
+    state = "interrupted" if result.interrupted else "done"
+    print(f"{state}: {', '.join(parts)}; run in {result.run_dir}", file=sys.stderr)
+    if not result.interrupted:
+        print(f"sample with: lmforge sample {result.run_dir} --prompt 'ROMEO:'", file=sys.stderr)
+
+
+def _sample_config(args: argparse.Namespace) -> Any:
+    from lmforge.generation import SampleConfig
+
+    config = SampleConfig(
+        max_new_tokens=args.length,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        stop=tuple(args.stop or ()),
+        num_samples=args.num_samples,
+        seed=args.seed,
+    )
+    config.validate()
+    return config
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from lmforge.generation import generate, stream
+    from lmforge.runs import load_run
+
+    config = _sample_config(args)
+    run = load_run(args.run, checkpoint=args.checkpoint, device=args.device)
+    if args.stream:
+        if config.num_samples != 1:
+            raise LmforgeError("--stream shows one sample at a time; drop --num-samples")
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+        for piece in stream(run.model, run.tokenizer, args.prompt, config):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    completions = generate(run.model, run.tokenizer, args.prompt, config, progress=True)
+    for i, completion in enumerate(completions):
+        if i:
+            print("-" * 40)
+        print(args.prompt + completion)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lmforge.evaluation import evaluate_run
+    from lmforge.runs import load_run
+
+    run = load_run(args.run, checkpoint=args.checkpoint, device=args.device)
+    result = evaluate_run(
+        run,
+        split=args.split,
+        corpus=args.corpus,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(f"split:           {args.split}")
+        print(f"tokens:          {result.tokens:,}")
+        print(f"loss:            {result.loss:.4f} nats/token")
+        print(f"perplexity:      {result.perplexity:.3f}")
+        print(f"bits per char:   {result.bits_per_char:.4f}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from lmforge.generation import score
+    from lmforge.runs import load_run
+
+    run = load_run(args.run, checkpoint=args.checkpoint, device=args.device)
+    results = score(run.model, run.tokenizer, args.prompt, args.continuations, join=args.join)
+    if args.per_token:
+        results.sort(key=lambda r: r.logprob_per_token, reverse=True)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], ensure_ascii=False))
+        return 0
+    width = max(len(repr(r.continuation)) for r in results)
+    print(f"log Pr{{continuation | {args.prompt!r}}}")
+    print(f"{'continuation':<{width}}  {'logprob':>9}  {'per token':>9}  {'tokens':>6}  prob")
+    for r in results:
+        print(
+            f"{r.continuation!r:<{width}}  {r.logprob:>9.3f}  {r.logprob_per_token:>9.3f}  "
+            f"{len(r.tokens):>6}  {r.prob:.3e}"
+        )
+    return 0
+
+
+DEMO_SECONDS = 150
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lmforge.config import resolve_config
+    from lmforge.generation import SampleConfig, generate
+    from lmforge.runs import load_run
+    from lmforge.training.trainer import train
+
+    seconds = args.seconds
+    print(
+        f"lmforge demo: training a character-level LSTM on Tiny Shakespeare for {seconds:.0f} s "
+        f"(into {args.out}), then sampling from it.",
+        file=sys.stderr,
+    )
+    config = resolve_config(
+        {
+            "out": args.out,
+            "data": {"corpus": "tinyshakespeare"},
+            "tokenizer": {"kind": "char"},
+            "model": {
+                "family": "lstm",
+                "n_embd": 64,
+                "n_hidden": 384,
+                "n_layer": 2,
+                "dropout": 0.0,
+            },
+            "train": {
+                "time_budget": seconds,
+                "batch_size": 32,
+                "block_size": 96,
+                "learning_rate": 4e-3,
+                "warmup_steps": 50,
+                "eval_interval": 100,
+                "eval_iters": 10,
+                "device": args.device,
+            },
+        }
+    )
+    result = train(config, overwrite=True, progress=not args.quiet)
+    _print_train_summary(result)
+    run = load_run(args.out, device=args.device)
+    prompt = "ROMEO:"
+    sample = generate(
+        run.model,
+        run.tokenizer,
+        prompt,
+        SampleConfig(max_new_tokens=args.length, temperature=0.8, seed=args.seed),
+    )[0]
+    print()
+    print(prompt + sample)
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmforge",
+        description="Build, train, evaluate and sample language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser(
+        "train",
+        help="train a model (writes a run directory)",
+        description="Train a language model; writes RUN/ (config, tokenizer, "
+        "weights, metrics). Flags override --config.",
+    )
+    p.add_argument("--out", metavar="RUN", help="run directory to create")
+    p.add_argument("--config", metavar="TOML", help="read options from a TOML file")
+    p.add_argument("--resume", metavar="RUN", help="continue a saved run exactly")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_flags(p, "data", _DATA_FLAGS)
+    _add_flags(p, "tokenizer", _TOKENIZER_FLAGS)
+    _add_flags(p, "model", _MODEL_FLAGS)
+    _add_flags(p, "training", _TRAIN_FLAGS)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="generate text from a trained run")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--prompt", default="", help="text to continue (default: a new line)")
+    p.add_argument("--length", type=int, default=500, help="new tokens per sample")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--stop", action="append", metavar="TEXT", help="end a sample before TEXT")
+    p.add_argument("--num-samples", type=int, default=1, help="samples, drawn as one batch")
+    p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    p.add_argument("--stream", action="store_true", help="print tokens as they come")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("eval", help="loss, perplexity and bits per character on held-out text")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument(
+        "--split",
+        default="val",
+        choices=["train", "val", "test", "all"],
+        help="split to score (all: the whole corpus text)",
+    )
+    p.add_argument("--corpus", help="score another corpus (name or path) instead")
+    p.add_argument("--data-dir", help="where named corpora are looked for first")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("score", help="log-probability of continuations given a prompt")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("continuations", nargs="+", metavar="CONTINUATION")
+    p.add_argument(
+        "--join",
+        default=" ",
+        help="text put between prompt and continuation when neither has a space "
+        "there (default: one space)",
+    )
+    p.add_argument("--per-token", action="store_true", help="sort by log-probability per token")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("demo", help="train a small LSTM on Tiny Shakespeare and sample from it")
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--seconds", type=float, default=DEMO_SECONDS, help="training time budget")
+    p.add_argument("--length", type=int, default=400, help="characters to sample")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=["best", "final"],
+        help="best (lowest val loss, the default) or final weights",
+    )
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, mps")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (2 for a user error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except LmforgeError as exc:
+        print(f"lmforge: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("lmforge: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 0

@@ -1,0 +1,258 @@
+"""Typed configuration of a training run, per-model defaults, and TOML files.
+
+A run's configuration is resolved in layers, each overriding the one before:
+the dataclass defaults → the model family's defaults → a TOML file (``--config``) → flags.
+The resolved configuration is written to ``RUN/config.json``.
+
+A TOML file uses the same names as the flags, grouped in tables:
+
+    out = "runs/shakespeare-lstm"
+    [data]
+    corpus = "tinyshakespeare"
+    [tokenizer]
+    kind = "char"
+    [model]
+    family = "lstm"
+    n_hidden = 512
+    [train]
+    batch_size = 64
+    time_budget = 600
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from lmforge.errors import ConfigError
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the text comes from and how it is split."""
+
+    corpus: str = "tinyshakespeare"
+    data_dir: str | None = None
+    val_fraction: float = 0.1
+
+
+@dataclasses.dataclass
+class TokenizerConfig:
+    """How text becomes tokens: a tokenizer trained for the run, or one from ``file``."""
+
+    kind: str = "char"
+    file: str | None = None
+    vocab_size: int | None = None
+    pattern: str = "gpt4"
+    special: list[str] = dataclasses.field(default_factory=list)
+    lowercase: bool = False
+    min_freq: int = 1
+    max_vocab: int | None = None
+    unk: bool = False
+    word_split: str = "words"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The optimisation: batches, schedule, optimizer, evaluation cadence, device."""
+
+    batch_size: int = 64
+    block_size: int = 128
+    max_steps: int | None = 5000
+    time_budget: float | None = None
+    learning_rate: float = 2e-3
+    min_lr: float | None = None
+    warmup_steps: int = 100
+    lr_schedule: str = "cosine"
+    optimizer: str = "adamw"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    momentum: float = 0.9
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "float32"
+    compile: bool = False
+
+    def validate(self) -> None:
+        """Raise a one-line error for an impossible setting."""
+        positive = ("batch_size", "block_size", "grad_accum", "eval_interval", "eval_iters")
+        for name in (*positive, "log_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ConfigError(f"--max-steps must be 0 or more, got {self.max_steps}")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ConfigError(f"--time-budget must be positive seconds, got {self.time_budget}")
+        if self.max_steps is None and self.time_budget is None:
+            raise ConfigError("give --max-steps or --time-budget (or both) so training can end")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"--optimizer must be adamw or sgd, not {self.optimizer!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ConfigError(f"--lr-schedule must be cosine or constant, not {self.lr_schedule!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"--dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
+
+    @property
+    def final_lr(self) -> float:
+        """The learning rate the cosine schedule ends at (``min_lr``, default lr / 10)."""
+        return self.min_lr if self.min_lr is not None else self.learning_rate / 10
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything that defines a training run."""
+
+    out: str
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+    model: dict[str, Any] = dataclasses.field(default_factory=lambda: {"family": "lstm"})
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary (the ``config.json`` of a run, less its bookkeeping)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Rebuild from :meth:`to_dict`; unknown keys are an error."""
+        return cls(
+            out=data["out"],
+            data=_section(DataConfig, data.get("data", {}), "data"),
+            tokenizer=_section(TokenizerConfig, data.get("tokenizer", {}), "tokenizer"),
+            model=dict(data.get("model", {"family": "lstm"})),
+            train=_section(TrainConfig, data.get("train", {}), "train"),
+        )
+
+
+# Per-family defaults: what `lmforge train --model X` uses when no flag says otherwise.
+FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "bigram": {
+        "model": {},
+        "train": {
+            "batch_size": 32,
+            "block_size": 128,
+            "max_steps": 2000,
+            "learning_rate": 0.1,
+            "min_lr": 0.01,
+            "warmup_steps": 0,
+            "weight_decay": 0.0,
+            "eval_interval": 250,
+        },
+    },
+    "context": {
+        "model": {"mode": "mean"},
+        "train": {
+            "batch_size": 32,
+            "block_size": 128,
+            "max_steps": 2000,
+            "learning_rate": 0.1,
+            "min_lr": 0.01,
+            "warmup_steps": 0,
+            "weight_decay": 0.0,
+            "eval_interval": 250,
+        },
+    },
+    **{
+        cell: {
+            "model": {"n_embd": 128, "n_hidden": 512, "n_layer": 2, "dropout": 0.1},
+            "train": {
+                "batch_size": 64,
+                "block_size": 128,
+                "max_steps": 4000,
+                "learning_rate": 3e-3,
+                "warmup_steps": 100,
+                "weight_decay": 0.1,
+                "eval_interval": 250,
+            },
+        }
+        for cell in ("rnn", "gru", "lstm")
+    },
+}
+
+
+def resolve_config(overrides: dict[str, Any], config_file: str | Path | None = None) -> RunConfig:
+    """Layer family defaults, the TOML file and ``overrides`` (same nesting as the TOML file,
+    ``None`` values ignored) into a :class:`RunConfig`.
+
+    >>> resolve_config({"out": "runs/x", "model": {"family": "bigram"}}).train.learning_rate
+    0.1
+    """
+    from_file = load_toml(config_file) if config_file else {}
+    layered = _merge(from_file, _drop_none(overrides))
+    train_given = layered.get("train", {})
+    if "time_budget" in train_given and "max_steps" not in train_given:
+        layered = _merge(layered, {"train": {"max_steps": None}})  # the budget alone ends it
+    family = layered.get("model", {}).get("family", "lstm")
+    defaults = FAMILY_DEFAULTS.get(family, {"model": {}, "train": {}})
+    base = {"model": {"family": family, **defaults["model"]}, "train": defaults["train"]}
+    merged = _merge(base, layered)
+    if not merged.get("out"):
+        raise ConfigError("give --out RUN_DIR (or `out` in the config file) for the run's files")
+    config = RunConfig.from_dict(merged)
+    config.train.validate()
+    return config
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML configuration file, with one-line errors."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}; check the path") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}); fix the file") from None
+    known = {"out", "data", "tokenizer", "model", "train"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; use out and the tables "
+            "[data], [tokenizer], [model], [train]"
+        )
+    return data
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _drop_none(tree: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            value = _drop_none(value)
+            if value:
+                out[key] = value
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def _section(cls: type, values: dict[str, Any], name: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown {name} option(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    return cls(**values)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")

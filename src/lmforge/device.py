@@ -1,0 +1,60 @@
+"""Picking the device and the autocast dtype."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from lmforge.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """``requested`` if given (``cpu``, ``cuda``, ``cuda:1``, ``mps``), else the best available:
+    cuda, then mps, then cpu.
+
+    >>> pick_device("cpu")
+    device(type='cpu')
+    """
+    if requested in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ConfigError(
+            f"unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "--device cuda was asked for, but CUDA is not available; use --device cpu"
+        )
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ConfigError("--device mps was asked for, but MPS is not available; use --device cpu")
+    return device
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """The torch dtype for ``float32`` / ``bfloat16`` / ``float16``."""
+    if name not in DTYPES:
+        raise ConfigError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """Mixed precision for ``dtype`` on ``device``; nothing for float32."""
+    if dtype == torch.float32:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield

@@ -1,0 +1,123 @@
+"""The run directory: the one artefact training writes and everything else reads.
+
+    RUN/
+      config.json         resolved configuration + lmforge version + schema version
+      tokenizer.json      the tokenizer (one JSON file)
+      model.safetensors   the latest weights          best.safetensors  best val loss so far
+      trainer_state.pt    weights, optimizer, RNG and sampler state for --resume
+      metrics.jsonl       one JSON object per logged step
+
+>>> run = load_run("runs/shakespeare")
+>>> run.model, run.tokenizer
+(RecurrentLM(...), CharTokenizer(vocab_size=65))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmforge.device import pick_device
+from lmforge.errors import RunError
+from lmforge.fileio import atomic_write_with
+from lmforge.models.base import LanguageModel, model_from_config
+from lmforge.tokenizers.base import Tokenizer, load_tokenizer
+
+SCHEMA_VERSION = 1
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+FINAL_WEIGHTS = "model.safetensors"
+BEST_WEIGHTS = "best.safetensors"
+TRAINER_STATE = "trainer_state.pt"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS = {"final": FINAL_WEIGHTS, "best": BEST_WEIGHTS}
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained model ready to use: its directory, configuration, tokenizer and model."""
+
+    directory: Path
+    config: dict[str, Any]
+    tokenizer: Tokenizer
+    model: LanguageModel
+    device: torch.device
+    checkpoint: str
+
+
+def save_weights(model: LanguageModel, path: str | os.PathLike[str], **metadata: Any) -> None:
+    """Write the model's weights as safetensors, atomically (tied weights stored once)."""
+    from safetensors.torch import save_model
+
+    info = {key: str(value) for key, value in metadata.items()}
+    info["model"] = json.dumps(model.config_dict())
+    atomic_write_with(path, lambda tmp: save_model(model, str(tmp), metadata=info))
+
+
+def load_weights(model: LanguageModel, path: str | os.PathLike[str]) -> None:
+    """Load safetensors weights into ``model`` (strict: every tensor must match)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise RunError(f"cannot read weights from {path} ({exc}); the file is damaged") from None
+    if missing or unexpected:
+        raise RunError(
+            f"weights in {path} do not fit the model in config.json (missing {sorted(missing)}, "
+            f"unexpected {sorted(unexpected)}); the run directory mixes files of two runs"
+        )
+
+
+def read_run_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check ``RUN/config.json``."""
+    directory = Path(directory)
+    path = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise RunError(f"run directory not found: {directory}; train one with `lmforge train`")
+    if not path.is_file():
+        raise RunError(
+            f"{directory} is not an lmforge run (no {CONFIG_FILE}); give the --out directory "
+            "of `lmforge train`"
+        )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path} is damaged ({exc}); the run cannot be read") from None
+    schema = config.get("schema_version")
+    if schema != SCHEMA_VERSION:
+        raise RunError(
+            f"{path} has run schema version {schema!r}; this lmforge reads version {SCHEMA_VERSION}"
+        )
+    return config
+
+
+def load_run(
+    directory: str | os.PathLike[str], checkpoint: str = "best", device: str | None = None
+) -> Run:
+    """Load a run for sampling or evaluation: ``checkpoint`` is ``best`` (lowest val loss,
+    falling back to ``final`` if none) or ``final`` (the latest weights)."""
+    directory = Path(directory)
+    config = read_run_config(directory)
+    if checkpoint not in CHECKPOINTS:
+        raise RunError(f"unknown checkpoint {checkpoint!r}; choose best or final")
+    weights = directory / CHECKPOINTS[checkpoint]
+    if checkpoint == "best" and not weights.is_file():
+        weights, checkpoint = directory / FINAL_WEIGHTS, "final"
+    if not weights.is_file():
+        raise RunError(
+            f"{directory} has no weights yet ({weights.name} is missing); wait for the first "
+            "evaluation of the run, or train again"
+        )
+    tokenizer = load_tokenizer(directory / TOKENIZER_FILE)
+    model = model_from_config(config["model"])
+    load_weights(model, weights)
+    target = pick_device(device)
+    model.to(target).eval()
+    return Run(directory, config, tokenizer, model, target, checkpoint)

@@ -1,0 +1,29 @@
+"""Tokenizers: character-level, word-level and byte-pair encoding, behind one interface.
+
+>>> from lmforge.tokenizers import load_tokenizer
+>>> tok = load_tokenizer("runs/x/tokenizer.json")
+>>> tok.decode(tok.encode("To be")) == "To be"
+True
+"""
+
+from lmforge.tokenizers.base import (
+    Tokenizer,
+    load_tokenizer,
+    token_dtype,
+    tokenizer_from_dict,
+    tokenizer_kinds,
+    train_tokenizer,
+)
+from lmforge.tokenizers.char import CharTokenizer
+from lmforge.tokenizers.word import WordTokenizer
+
+__all__ = [
+    "CharTokenizer",
+    "Tokenizer",
+    "WordTokenizer",
+    "load_tokenizer",
+    "token_dtype",
+    "tokenizer_from_dict",
+    "tokenizer_kinds",
+    "train_tokenizer",
+]

@@ -1,0 +1,139 @@
+"""End to end through the command line, on the real Tiny Shakespeare."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from lmforge.cli import main
+
+
+@pytest.mark.integration
+def test_train_sample_eval_score_on_tinyshakespeare(tmp_path, capsys):
+    run = tmp_path / "shakespeare"
+    code = main(
+        [
+            "train",
+            "--corpus",
+            "tinyshakespeare",
+            "--model",
+            "lstm",
+            "--out",
+            str(run),
+            "--n-embd",
+            "32",
+            "--n-hidden",
+            "64",
+            "--n-layer",
+            "1",
+            "--batch-size",
+            "16",
+            "--block-size",
+            "32",
+            "--max-steps",
+            "40",
+            "--eval-interval",
+            "20",
+            "--eval-iters",
+            "2",
+            "--learning-rate",
+            "1e-2",
+            "--warmup-steps",
+            "5",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    capsys.readouterr()
+
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "--prompt",
+                "ROMEO:",
+                "--length",
+                "80",
+                "--seed",
+                "3",
+                "--num-samples",
+                "2",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    samples = out.split("-" * 40 + "\n")
+    assert len(samples) == 2 and all(s.startswith("ROMEO:") for s in samples)
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "--prompt",
+                "ROMEO:",
+                "--length",
+                "80",
+                "--seed",
+                "3",
+                "--num-samples",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out == out  # seeded sampling is reproducible
+
+    assert main(["eval", str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"loss", "perplexity", "bits_per_char", "tokens"}
+    assert result["tokens"] > 100_000  # the whole validation tenth, every prediction
+    assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
+    assert result["bits_per_char"] == pytest.approx(result["loss"] / math.log(2))
+    assert result["loss"] < math.log(65)
+
+    assert main(["eval", str(run)]) == 0
+    assert "bits per char" in capsys.readouterr().out
+
+    assert (
+        main(
+            [
+                "score",
+                str(run),
+                "--prompt",
+                "It is great to hear that",
+                "--json",
+                "you have succeeded",
+                "potato is round",
+                "potato am good",
+            ]
+        )
+        == 0
+    )
+    scored = json.loads(capsys.readouterr().out)
+    assert [s["logprob"] for s in scored] == sorted((s["logprob"] for s in scored), reverse=True)
+    assert {s["continuation"] for s in scored} == {
+        "you have succeeded",
+        "potato is round",
+        "potato am good",
+    }
+
+
+def test_help_lists_the_commands():
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmforge", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0
+    for command in ("train", "sample", "eval", "score", "demo"):
+        assert command in proc.stdout
+
+
+def test_sample_from_a_missing_run_is_a_one_line_error(tmp_path, capsys):
+    assert main(["sample", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lmforge: error: run directory not found") and err.count("\n") == 1

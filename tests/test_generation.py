@@ -1,0 +1,144 @@
+import math
+
+import pytest
+import torch
+
+from lmforge import generation
+from lmforge.generation import SampleConfig, generate, generate_ids, score, stream
+from lmforge.models import build_model
+from lmforge.tokenizers import CharTokenizer, WordTokenizer
+from tests.models.test_models import LADDER, make
+
+TEXT = "It is great to hear that you have succeeded. Ça va? 漢字 ✓\n"
+
+
+@pytest.fixture
+def char_model():
+    tok = CharTokenizer.train(TEXT)
+    torch.manual_seed(0)
+    model = build_model("lstm", vocab_size=tok.vocab_size, n_embd=16, n_hidden=32, n_layer=1)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    return model.eval(), tok
+
+
+def naive_logits(model, history: torch.Tensor) -> torch.Tensor:
+    """Re-run the whole sequence (cropped to the model's context) for the next logits."""
+    context = model.max_context
+    window = history if context is None else history[:, -context:]
+    return model(window)[0][:, -1]
+
+
+@pytest.mark.parametrize("name", sorted(LADDER))
+def test_generation_with_carried_state_matches_rerunning_the_sequence(name, monkeypatch):
+    model = make(name, vocab=30).eval().double()  # float64: no rounding noise in the check
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    seen = []
+    original = generation.sample_next
+
+    def recording(logits, config, gen):
+        seen.append(logits.clone())
+        return original(logits, config, gen)
+
+    monkeypatch.setattr(generation, "sample_next", recording)
+    prompt = [1, 2, 3, 4, 5]
+    cfg = SampleConfig(max_new_tokens=40, temperature=1.0, seed=0, num_samples=2)
+    tokens = torch.stack(list(generate_ids(model, prompt, cfg)), dim=1)
+    history = torch.tensor([prompt] * 2)
+    for step in range(40):
+        with torch.no_grad():
+            expected = naive_logits(model, history)
+        torch.testing.assert_close(seen[step], expected.float(), atol=1e-6, rtol=1e-6)
+        history = torch.cat([history, tokens[:, step : step + 1]], dim=1)
+
+
+def test_seeded_sampling_is_reproducible(char_model):
+    model, tok = char_model
+    cfg = SampleConfig(max_new_tokens=60, seed=7, num_samples=3)
+    first = generate(model, tok, "It is", cfg)
+    assert first == generate(model, tok, "It is", cfg)
+    assert len(set(first)) > 1  # the samples of a batch differ
+    other = generate(model, tok, "It is", SampleConfig(max_new_tokens=60, seed=8, num_samples=3))
+    assert other != first
+
+
+def test_top_k_one_is_greedy(char_model):
+    model, tok = char_model
+    greedy = generate(model, tok, "It", SampleConfig(max_new_tokens=50, temperature=0))
+    top1 = generate(model, tok, "It", SampleConfig(max_new_tokens=50, top_k=1, seed=3))
+    assert top1 == greedy
+
+
+def test_disabled_filters_equal_plain_sampling(char_model):
+    model, tok = char_model
+    plain = generate(model, tok, "It", SampleConfig(max_new_tokens=80, seed=5))
+    off = generate(model, tok, "It", SampleConfig(max_new_tokens=80, seed=5, top_k=0, top_p=1.0))
+    assert off == plain
+
+
+def test_top_p_and_top_k_filter_the_distribution():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    probs = logits.softmax(-1)[0]
+    kept = generation.process_logits(logits, SampleConfig(top_p=float(probs[0]) + 1e-3))
+    assert torch.isfinite(kept[0]).tolist() == [True, True, False, False]
+    kept = generation.process_logits(logits, SampleConfig(top_p=float(probs[0]) - 1e-3))
+    assert torch.isfinite(kept[0]).tolist() == [True, False, False, False]
+    kept = generation.process_logits(logits, SampleConfig(top_k=3))
+    assert torch.isfinite(kept[0]).tolist() == [True, True, True, False]
+
+
+def test_repetition_penalty_lowers_seen_tokens():
+    logits = torch.tensor([[2.0, -1.0, 2.0]])
+    seen = torch.tensor([[True, True, False]])
+    out = generation.process_logits(logits, SampleConfig(repetition_penalty=2.0), seen)
+    assert out.tolist() == [[1.0, -2.0, 2.0]]
+
+
+def test_stop_strings_end_output_exactly_before_the_stop(char_model):
+    model, tok = char_model
+    cfg = SampleConfig(max_new_tokens=400, seed=1, num_samples=4)
+    free = generate(model, tok, "It", cfg)
+    stop = next(c for c in "aeiost " if all(c in text for text in free))
+    stopped = generate(
+        model, tok, "It", SampleConfig(max_new_tokens=400, seed=1, num_samples=4, stop=[stop])
+    )
+    for full, cut in zip(free, stopped, strict=True):
+        assert cut == full[: full.index(stop)]
+    one = SampleConfig(max_new_tokens=400, seed=1, stop=[stop + stop, stop])
+    assert "".join(stream(model, tok, "It", one)) == generate(model, tok, "It", one)[0]
+    assert stop not in generate(model, tok, "It", one)[0]
+
+
+def test_stream_joins_to_the_full_text_with_multibyte_characters(char_model):
+    model, tok = char_model
+    cfg = SampleConfig(max_new_tokens=200, seed=2)
+    pieces = list(stream(model, tok, "漢", cfg))
+    assert "".join(pieces) == generate(model, tok, "漢", cfg)[0]
+    assert any(ord(c) > 127 for c in "".join(pieces))
+    for piece in pieces:
+        piece.encode("utf-8")  # every piece is valid text on its own
+
+
+def test_scores_of_all_single_token_continuations_sum_to_one(char_model):
+    model, tok = char_model
+    results = score(model, tok, "It is great", tok.chars, join="")
+    assert all(len(r.tokens) == 1 for r in results)
+    assert math.fsum(r.prob for r in results) == pytest.approx(1.0, abs=1e-5)
+    assert [r.logprob for r in results] == sorted((r.logprob for r in results), reverse=True)
+
+
+def test_score_of_a_continuation_is_the_sum_of_its_token_logprobs():
+    tok = WordTokenizer.train("It is great to hear that you have succeeded potato is round am good")
+    torch.manual_seed(0)
+    model = build_model("lstm", vocab_size=tok.vocab_size, n_embd=8, n_hidden=8, n_layer=1)
+    prompt = "It is great to hear that"
+    (result,) = score(model, tok, prompt, ["you have succeeded"])
+    ids = tok.encode(prompt + " you have succeeded")
+    with torch.no_grad():
+        logp = model(torch.tensor([ids[:-1]]))[0][0].log_softmax(-1)
+    n = len(tok.encode(prompt))
+    expected = sum(float(logp[t - 1, ids[t]]) for t in range(n, len(ids)))
+    assert result.logprob == pytest.approx(expected, abs=1e-5)
+    assert [t for t, _ in result.tokens] == ["you", "have", "succeeded"]
+    assert result.prob == pytest.approx(math.exp(expected))
