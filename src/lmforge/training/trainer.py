@@ -66,6 +66,7 @@ class TrainResult:
     val_loss: float | None
     best_val_loss: float | None
     interrupted: bool = False
+    main_process: bool = True
 
 
 def build_tokenizer(config: TokenizerConfig, corpus: Corpus, val_fraction: float) -> Tokenizer:
@@ -146,6 +147,8 @@ def _train(
 
     def prepare_on_main() -> tuple[Tokenizer, TokenStream]:
         _check_run_dir(run_dir, resume, overwrite)
+        for torn in run_dir.glob(".*.tmp"):  # left by a process killed mid-write
+            torn.unlink()
         tokenizer, stream = prepare_data(config, progress)
         if resume:
             if load_tokenizer(run_dir / TOKENIZER_FILE) != tokenizer:
@@ -400,10 +403,6 @@ class Trainer:
                 train_loss = self._check_finite(window_losses)
             if interrupted:
                 self._save_checkpoint(best=False)
-                self._say(
-                    f"interrupted at step {self.step}: saved {self.run_dir}; "
-                    f"continue with: lmforge train --resume {self.run_dir}"
-                )
             elif self._last_eval_step != self.step:
                 rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                 lr = learning_rate(tc, max(self.step - 1, 0), self.elapsed_s)
@@ -422,6 +421,7 @@ class Trainer:
             val_loss=self.last_val_loss,
             best_val_loss=self.best_val_loss if math.isfinite(self.best_val_loss) else None,
             interrupted=interrupted,
+            main_process=self.info.is_main,
         )
 
     def _train_step(self, lr: float) -> torch.Tensor:
