@@ -295,8 +295,10 @@ def _print_train_summary(result: Any) -> None:
     if result.best_val_loss is not None:
         parts.append(f"best {result.best_val_loss:.4f}")
     if result.interrupted:
-        print(f"interrupted at step {result.steps}: {', '.join(parts)}; saved {result.run_dir}",
-              file=sys.stderr)
+        print(
+            f"interrupted at step {result.steps}: {', '.join(parts)}; saved {result.run_dir}",
+            file=sys.stderr,
+        )
         print(f"continue with: lmforge train --resume {result.run_dir}", file=sys.stderr)
     else:
         print(f"done: {', '.join(parts)}; run in {result.run_dir}", file=sys.stderr)
@@ -541,8 +543,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="draw loss.png and embeddings.png for a run")
     p.add_argument("run", metavar="RUN")
     p.add_argument("--out", metavar="DIR", help="where to write the pictures (default: RUN)")
-    p.add_argument("--checkpoint", default="best", choices=["best", "final"],
-                   help="weights whose embeddings are drawn")
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=["best", "final"],
+        help="weights whose embeddings are drawn",
+    )
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("compare", help="compare runs: a table and their validation curves")

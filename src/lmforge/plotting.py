@@ -52,8 +52,13 @@ def plot_losses(records: list[dict[str, Any]], path: Path, title: str) -> None:
     train = [r for r in records if r.get("train_loss") is not None]
     val = [r for r in records if r.get("val_loss") is not None]
     for ax, key, label in ((axes[0], "step", "step"), (axes[1], "tokens", "tokens seen")):
-        ax.plot([r[key] for r in train], [r["train_loss"] for r in train], label="train",
-                lw=1, alpha=0.8)
+        ax.plot(
+            [r[key] for r in train],
+            [r["train_loss"] for r in train],
+            label="train",
+            lw=1,
+            alpha=0.8,
+        )
         ax.plot([r[key] for r in val], [r["val_loss"] for r in val], "o-", label="val", ms=3)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
@@ -102,8 +107,11 @@ def plot_embeddings(weight: np.ndarray, tokens: list[str], path: Path, title: st
     _save(fig, path)
 
 
-def plot_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None,
-             checkpoint: str = "best") -> list[Path]:
+def plot_run(
+    run_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    checkpoint: str = "best",
+) -> list[Path]:
     """Write ``loss.png`` and ``embeddings.png`` for a run (into the run unless ``out_dir``)."""
     from lmforge.runs import load_run
 
@@ -170,18 +178,37 @@ def compare_runs(run_dirs: list[str], out_png: str | os.PathLike[str] | None) ->
 
 
 COLUMNS = [
-    ("run", "{}"), ("model", "{}"), ("parameters", "{:,}"), ("steps", "{:,}"),
-    ("tokens", "{:,}"), ("wall_s", "{:.0f}"), ("tokens_per_s", "{:,.0f}"),
-    ("val_loss", "{:.4f}"), ("perplexity", "{:.3f}"), ("bits_per_char", "{:.4f}"),
+    ("run", "{}"),
+    ("model", "{}"),
+    ("parameters", "{:,}"),
+    ("steps", "{:,}"),
+    ("tokens", "{:,}"),
+    ("wall_s", "{:.0f}"),
+    ("tokens_per_s", "{:,.0f}"),
+    ("val_loss", "{:.4f}"),
+    ("perplexity", "{:.3f}"),
+    ("bits_per_char", "{:.4f}"),
 ]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The compare table as aligned text."""
-    headers = ["run", "model", "parameters", "steps", "tokens seen", "wall time (s)", "tokens/s",
-               "val loss", "perplexity", "bits/char"]
-    cells = [[fmt.format(row[key]) if row[key] is not None else "-" for key, fmt in COLUMNS]
-             for row in rows]
+    headers = [
+        "run",
+        "model",
+        "parameters",
+        "steps",
+        "tokens seen",
+        "wall time (s)",
+        "tokens/s",
+        "val loss",
+        "perplexity",
+        "bits/char",
+    ]
+    cells = [
+        [fmt.format(row[key]) if row[key] is not None else "-" for key, fmt in COLUMNS]
+        for row in rows
+    ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]

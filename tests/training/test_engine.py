@@ -21,14 +21,34 @@ MODEL = ["--model", "lstm", "--n-embd", "32", "--n-hidden", "128", "--n-layer", 
 
 
 def train_args(corpus, out, *extra):
-    return ["train", "--corpus", str(corpus), "--out", str(out), *MODEL,
-            "--batch-size", "16", "--block-size", "64", "--eval-iters", "2",
-            "--device", "cpu", "--quiet", *extra]
+    return [
+        "train",
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        *MODEL,
+        "--batch-size",
+        "16",
+        "--block-size",
+        "64",
+        "--eval-iters",
+        "2",
+        "--device",
+        "cpu",
+        "--quiet",
+        *extra,
+    ]
 
 
 def lmforge(*args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "lmforge", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lmforge", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def wait_for_step(metrics, step, proc, timeout=120):
@@ -44,8 +64,9 @@ def wait_for_step(metrics, step, proc, timeout=120):
 
 
 def losses(run):
-    return {r["step"]: (r["train_loss"], r.get("val_loss")) for r in read_metrics(
-        run / "metrics.jsonl")}
+    return {
+        r["step"]: (r["train_loss"], r.get("val_loss")) for r in read_metrics(run / "metrics.jsonl")
+    }
 
 
 @pytest.fixture
@@ -58,8 +79,16 @@ def corpus(tmp_path):
 
 
 def test_ctrl_c_then_resume_logs_the_same_losses_as_an_uninterrupted_run(corpus, tmp_path):
-    extra = ["--max-steps", "200", "--eval-interval", "50", "--log-interval", "1",
-             "--dropout", "0.2"]  # dropout: the RNG state must be restored too
+    extra = [
+        "--max-steps",
+        "200",
+        "--eval-interval",
+        "50",
+        "--log-interval",
+        "1",
+        "--dropout",
+        "0.2",
+    ]  # dropout: the RNG state must be restored too
     assert main(train_args(corpus, tmp_path / "whole", *extra)) == 0
 
     proc = lmforge(*train_args(corpus, tmp_path / "cut", *extra))
@@ -81,8 +110,11 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(corpus, tmp_path):
     run = tmp_path / "run"
     extra = ["--max-steps", "100000", "--eval-interval", "3", "--log-interval", "1"]
     for attempt, delay in enumerate((0.0, 0.13, 0.29, 0.41)):
-        args = train_args(corpus, run, *extra) if attempt == 0 else [
-            "train", "--resume", str(run), "--quiet"]
+        args = (
+            train_args(corpus, run, *extra)
+            if attempt == 0
+            else ["train", "--resume", str(run), "--quiet"]
+        )
         proc = lmforge(*args)
         first = wait_for_step(run / "metrics.jsonl", 4 + 7 * attempt, proc)
         time.sleep(delay)  # lands anywhere: mid-step, mid-evaluation or mid-write
@@ -93,21 +125,54 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(corpus, tmp_path):
         loaded = load_run(run, checkpoint="final", device="cpu")
         assert all(torch.isfinite(p).all() for p in loaded.model.parameters())
     # the run can still be resumed and finished, and leftovers of torn writes are cleared
-    assert main(["train", "--resume", str(run), "--max-steps",
-                 str(load_trainer_state(run / "trainer_state.pt")["step"] + 6), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--resume",
+                str(run),
+                "--max-steps",
+                str(load_trainer_state(run / "trainer_state.pt")["step"] + 6),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert not list(run.glob(".*.tmp"))
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 def test_two_gloo_processes_match_one_process_at_the_same_global_batch(corpus, tmp_path):
-    extra = ["--max-steps", "40", "--eval-interval", "20", "--log-interval", "1",
-             "--dropout", "0", "--n-hidden", "32"]
+    extra = [
+        "--max-steps",
+        "40",
+        "--eval-interval",
+        "20",
+        "--log-interval",
+        "1",
+        "--dropout",
+        "0",
+        "--n-hidden",
+        "32",
+    ]
     assert main(train_args(corpus, tmp_path / "one", *extra)) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--standalone", "-m", "lmforge", *train_args(corpus, tmp_path / "two", *extra)],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            "-m",
+            "lmforge",
+            *train_args(corpus, tmp_path / "two", *extra),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
@@ -123,7 +188,7 @@ def test_two_gloo_processes_match_one_process_at_the_same_global_batch(corpus, t
 def test_toml_config_with_flags_on_top_and_resolved_config_saved(corpus, tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text(f"""
-out = "{tmp_path / 'run'}"
+out = "{tmp_path / "run"}"
 [data]
 corpus = "{corpus}"
 [model]
@@ -167,20 +232,41 @@ def test_bad_toml_is_a_one_line_error(tmp_path, capsys):
 
 def test_plot_and_compare(corpus, tmp_path, capsys):
     for name, model in (("bigram", ["--model", "bigram"]), ("lstm", MODEL)):
-        args = ["train", "--corpus", str(corpus), "--out", str(tmp_path / name), *model,
-                "--batch-size", "8", "--block-size", "16", "--max-steps", "20",
-                "--eval-interval", "10", "--eval-iters", "2", "--device", "cpu", "--quiet"]
+        args = [
+            "train",
+            "--corpus",
+            str(corpus),
+            "--out",
+            str(tmp_path / name),
+            *model,
+            "--batch-size",
+            "8",
+            "--block-size",
+            "16",
+            "--max-steps",
+            "20",
+            "--eval-interval",
+            "10",
+            "--eval-iters",
+            "2",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
         assert main(args) == 0
     capsys.readouterr()
     assert main(["plot", str(tmp_path / "lstm")]) == 0
-    assert capsys.readouterr().out.split() == [str(tmp_path / "lstm" / "loss.png"),
-                                               str(tmp_path / "lstm" / "embeddings.png")]
+    assert capsys.readouterr().out.split() == [
+        str(tmp_path / "lstm" / "loss.png"),
+        str(tmp_path / "lstm" / "embeddings.png"),
+    ]
     for png in ("loss.png", "embeddings.png"):
         data = (tmp_path / "lstm" / png).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10_000
     out = tmp_path / "cmp.png"
-    assert main(["compare", str(tmp_path / "bigram"), str(tmp_path / "lstm"), "--out",
-                 str(out)]) == 0
+    assert (
+        main(["compare", str(tmp_path / "bigram"), str(tmp_path / "lstm"), "--out", str(out)]) == 0
+    )
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["run", "model", "parameters"]
     assert [line.split()[0] for line in table[1:]] == ["bigram", "lstm"]

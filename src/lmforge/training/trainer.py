@@ -34,8 +34,9 @@ from lmforge.data.corpora import Corpus, resolve_corpus
 from lmforge.data.stream import TokenStream, WindowSampler, encode_corpus, split_texts
 from lmforge.device import autocast, resolve_dtype
 from lmforge.errors import ConfigError, RunError, TrainingError
-from lmforge.evaluation import batch_loss, mean_loss
+from lmforge.evaluation import mean_loss
 from lmforge.fileio import atomic_write_json
+from lmforge.losses import batch_loss
 from lmforge.models.base import LanguageModel, build_model
 from lmforge.runs import (
     BEST_WEIGHTS,
