@@ -92,12 +92,17 @@ def test_existing_run_is_not_overwritten_by_accident(tiny_corpus, tmp_path, caps
 
 def test_time_budget_ends_the_run_inside_the_budget(tiny_corpus, tmp_path):
     config = small_config(
-        tiny_corpus, tmp_path / "run", max_steps=None, time_budget=3.0, eval_interval=50
+        tiny_corpus,
+        tmp_path / "run",
+        max_steps=None,
+        time_budget=5.0,
+        eval_interval=50,
+        warmup_steps=2,
     )
     assert config.train.max_steps is None
     result = train(config, progress=False)
-    assert result.steps > 20
-    assert result.elapsed_s <= 3.0
+    assert result.steps >= 10
+    assert result.elapsed_s <= 5.0
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert "val_loss" in records[-1] and records[-1]["step"] == result.steps
     lrs = [r["lr"] for r in records[1:]]

@@ -226,8 +226,9 @@ _TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--dtype",
         {
             "dest": "train.dtype",
-            "choices": ["float32", "bfloat16", "float16"],
-            "help": "autocast precision",
+            "choices": ["auto", "float32", "bfloat16", "float16"],
+            "help": "autocast precision (auto, the default: bfloat16 where the device computes "
+            "it natively, else float32)",
         },
     ),
     (

@@ -79,7 +79,7 @@ class TrainConfig:
     log_interval: int = 10
     seed: int = 1337
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"
     compile: bool = False
 
     def validate(self) -> None:
@@ -100,8 +100,10 @@ class TrainConfig:
             raise ConfigError(f"--optimizer must be adamw or sgd, not {self.optimizer!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ConfigError(f"--lr-schedule must be cosine or constant, not {self.lr_schedule!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"--dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(
+                f"--dtype must be auto, float32, bfloat16 or float16, not {self.dtype!r}"
+            )
 
     @property
     def final_lr(self) -> float:

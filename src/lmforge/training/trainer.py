@@ -244,7 +244,7 @@ class Trainer:
         self.run_dir = Path(config.out)
         self.tokenizer = tokenizer
         self.stream = stream
-        self.dtype = resolve_dtype(tc.dtype)
+        self.dtype = resolve_dtype(tc.dtype, self.device)
         self.progress = progress
         self.model = model.to(self.device)
         self.forward_model = self._wrap(self.model)
