@@ -139,6 +139,15 @@ _MODEL_FLAGS: list[tuple[str, dict[str, Any]]] = [
             "help": "bigram, context, rnn, gru, lstm or transformer (default lstm)",
         },
     ),
+    (
+        "--preset",
+        {
+            "dest": "model.preset",
+            "choices": ["tiny", "small", "gpt2"],
+            "help": "transformer size and training preset (default: tiny on a CPU, small on "
+            "a GPU); size flags override it",
+        },
+    ),
     ("--n-embd", {"dest": "model.n_embd", "type": int, "help": "embedding size"}),
     ("--n-hidden", {"dest": "model.n_hidden", "type": int, "help": "recurrent state size"}),
     ("--n-layer", {"dest": "model.n_layer", "type": int, "help": "number of layers"}),
@@ -151,6 +160,14 @@ _MODEL_FLAGS: list[tuple[str, dict[str, Any]]] = [
             "action": "store_const",
             "const": True,
             "help": "share the embedding and output matrices",
+        },
+    ),
+    (
+        "--position",
+        {
+            "dest": "model.position",
+            "choices": ["learned", "rotary"],
+            "help": "transformer positions: a learned table (GPT-2) or rotary (RoPE)",
         },
     ),
     (
