@@ -12,11 +12,18 @@ from tests.models.test_models import LADDER, make
 TEXT = "It is great to hear that you have succeeded. Ça va? 漢字 ✓\n"
 
 
-@pytest.fixture
-def char_model():
+CHAR_MODELS = {
+    "lstm": {"n_embd": 16, "n_hidden": 32, "n_layer": 1},
+    # a block of 32 so that generating 200-400 tokens slides the window many times
+    "transformer": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
+}
+
+
+@pytest.fixture(params=sorted(CHAR_MODELS))
+def char_model(request):
     tok = CharTokenizer.train(TEXT)
     torch.manual_seed(0)
-    model = build_model("lstm", vocab_size=tok.vocab_size, n_embd=16, n_hidden=32, n_layer=1)
+    model = build_model(request.param, vocab_size=tok.vocab_size, **CHAR_MODELS[request.param])
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.5)
     return model.eval(), tok

@@ -402,6 +402,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from lmforge.export import export_hf
+
+    out = export_hf(args.run, args.out_dir, checkpoint=args.checkpoint, overwrite=args.overwrite)
+    print(
+        f"exported {args.run} to {out}; load it with "
+        f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})",
+        file=sys.stderr,
+    )
+    return 0
+
+
 DEMO_SECONDS = 150
 
 
@@ -530,6 +542,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=cmd_score)
 
+    p = sub.add_parser(
+        "export",
+        help="write a Transformer run as a Hugging Face transformers folder",
+        description="Write RUN as OUT_DIR with config.json, model.safetensors and tokenizer "
+        "files that transformers loads as GPT-2 (GPT2LMHeadModel, AutoTokenizer, pipeline).",
+    )
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--format", default="hf", choices=["hf"], help="hf: Hugging Face (GPT-2)")
+    _add_checkpoint_option(p)
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("demo", help="train a small LSTM on Tiny Shakespeare and sample from it")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--seconds", type=float, default=DEMO_SECONDS, help="training time budget")
@@ -542,13 +567,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
+    _add_checkpoint_option(p)
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, mps")
+
+
+def _add_checkpoint_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint",
         default="best",
         choices=["best", "final"],
         help="best (lowest val loss, the default) or final weights",
     )
-    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, mps")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
