@@ -304,14 +304,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_train_summary(result: Any) -> None:
+    if not result.main_process:
+        return
     parts = [f"{result.steps} steps, {result.tokens:,} tokens in {result.elapsed_s:.0f} s"]
     if result.val_loss is not None:
         parts.append(f"val loss {result.val_loss:.4f}")
     if result.best_val_loss is not None:
         parts.append(f"best {result.best_val_loss:.4f}")
-    state = "interrupted" if result.interrupted else "done"
-    print(f"{state}: {', '.join(parts)}; run in {result.run_dir}", file=sys.stderr)
-    if not result.interrupted:
+    if result.interrupted:
+        print(
+            f"interrupted at step {result.steps}: {', '.join(parts)}; saved {result.run_dir}",
+            file=sys.stderr,
+        )
+        print(f"continue with: lmforge train --resume {result.run_dir}", file=sys.stderr)
+    else:
+        print(f"done: {', '.join(parts)}; run in {result.run_dir}", file=sys.stderr)
         print(f"sample with: lmforge sample {result.run_dir} --prompt 'ROMEO:'", file=sys.stderr)
 
 
@@ -411,6 +418,26 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})",
         file=sys.stderr,
     )
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from lmforge.plotting import plot_run
+
+    for path in plot_run(args.run, args.out, checkpoint=args.checkpoint):
+        print(path)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lmforge.plotting import compare_runs, format_table
+
+    rows = compare_runs(args.runs, None if args.json else args.out)
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "val_curve"} for r in rows]))
+    else:
+        print(format_table(rows))
+        print(f"validation curves: {args.out}", file=sys.stderr)
     return 0
 
 
@@ -554,6 +581,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint_option(p)
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("plot", help="draw loss.png and embeddings.png for a run")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--out", metavar="DIR", help="where to write the pictures (default: RUN)")
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=["best", "final"],
+        help="weights whose embeddings are drawn",
+    )
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("compare", help="compare runs: a table and their validation curves")
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("--out", default="compare.png", help="PNG of the curves (compare.png)")
+    p.add_argument("--json", action="store_true", help="print the table as JSON instead")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="train a small LSTM on Tiny Shakespeare and sample from it")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -252,7 +253,7 @@ def resolve_config(overrides: dict[str, Any], config_file: str | Path | None = N
     >>> resolve_config({"out": "runs/x", "model": {"family": "bigram"}}).train.learning_rate
     0.1
     """
-    from_file = load_toml(config_file) if config_file else {}
+    from_file = load_config_file(config_file) if config_file else {}
     layered = _merge(from_file, _drop_none(overrides))
     train_given = layered.get("train", {})
     if "time_budget" in train_given and "max_steps" not in train_given:
@@ -332,15 +333,31 @@ def _fit_block_size(merged: dict[str, Any]) -> None:
         )
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML configuration file, with one-line errors."""
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML configuration file, or a run's ``config.json`` (its resolved settings, so
+    ``--config runs/a/config.json --out runs/b`` repeats run a), with one-line errors."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}; check the path") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid TOML ({exc}); fix the file") from None
+    except (UnicodeDecodeError, IsADirectoryError):
+        raise ConfigError(f"{path} is not a TOML or JSON text file; check the path") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path} is not valid JSON ({exc}); fix the file") from None
+        data = dict(data.get("run", data)) if isinstance(data, dict) else data
+        if isinstance(data, dict):
+            data.pop("out", None)  # a repeated run goes to its own --out
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML ({exc}); fix the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} does not hold a table of settings; see lmforge train --help")
     known = {"out", "data", "tokenizer", "model", "train"}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lmforge.data.stream import encode_corpus, sequential_windows
 from lmforge.device import autocast
+from lmforge.losses import batch_loss
 from lmforge.models.base import LanguageModel
 
 if TYPE_CHECKING:
@@ -56,16 +56,6 @@ class EvalResult:
             "bits_per_char": self.bits_per_char,
             "tokens": self.tokens,
         }
-
-
-def batch_loss(
-    model: LanguageModel, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean"
-) -> torch.Tensor:
-    """Cross-entropy of the model's predictions for ``y`` given ``x`` (each [B, T])."""
-    logits, _ = model(x)
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction=reduction
-    )
 
 
 @torch.no_grad()

@@ -42,8 +42,17 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.config = config
 
-    def forward(self, idx: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+    def forward(
+        self, idx: torch.Tensor, state: Any = None, return_hidden: bool = False
+    ) -> tuple[torch.Tensor, Any]:
+        """(logits [B, T, I], state); with ``return_hidden`` the inputs of the output head
+        [B, T, D] instead of the logits (models that have a head, see :meth:`output_head`)."""
         raise NotImplementedError
+
+    def output_head(self) -> nn.Linear | None:
+        """The final linear layer hidden → logits, if the model has one (lets the loss fuse
+        it with the softmax for big vocabularies)."""
+        return None
 
     @property
     def max_context(self) -> int | None:

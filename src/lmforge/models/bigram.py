@@ -32,7 +32,9 @@ class BigramLM(LanguageModel):
         self.logits_table = nn.Embedding(config.vocab_size, config.vocab_size)
         nn.init.zeros_(self.logits_table.weight)  # uniform prediction: loss ln I at step 0
 
-    def forward(self, idx: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, None]:
+    def forward(
+        self, idx: torch.Tensor, state: Any = None, return_hidden: bool = False
+    ) -> tuple[torch.Tensor, None]:
         return self.logits_table(idx), None
 
     def embedding_weight(self) -> torch.Tensor:

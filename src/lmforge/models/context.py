@@ -54,7 +54,10 @@ class ContextLM(LanguageModel):
             nn.init.zeros_(self.head.bias)
 
     def forward(
-        self, idx: torch.Tensor, state: tuple[torch.Tensor, int] | None = None
+        self,
+        idx: torch.Tensor,
+        state: tuple[torch.Tensor, int] | None = None,
+        return_hidden: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, int]]:
         running = self.embedding(idx).cumsum(dim=1)
         seen = 0
@@ -66,8 +69,11 @@ class ContextLM(LanguageModel):
             context = running / counts.to(running.dtype)[None, :, None]
         else:
             context = running
-        logits = context if self.head is None else self.head(context)
+        logits = context if self.head is None or return_hidden else self.head(context)
         return logits, (running[:, -1, :], seen + idx.shape[1])
+
+    def output_head(self) -> nn.Linear | None:
+        return self.head
 
     def embedding_weight(self) -> torch.Tensor:
         return self.embedding.weight

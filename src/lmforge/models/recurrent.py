@@ -75,10 +75,16 @@ class RecurrentLM(LanguageModel):
     def family(self) -> str:  # type: ignore[override]
         return self.config.cell
 
-    def forward(self, idx: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+    def forward(
+        self, idx: torch.Tensor, state: Any = None, return_hidden: bool = False
+    ) -> tuple[torch.Tensor, Any]:
         x = self.drop(self.embedding(idx))
         output, state = self.rnn(x, state)
-        return self.head(self.drop(output)), state
+        hidden = self.drop(output)
+        return (hidden if return_hidden else self.head(hidden)), state
+
+    def output_head(self) -> nn.Linear:
+        return self.head
 
     def embedding_weight(self) -> torch.Tensor:
         return self.embedding.weight

@@ -296,10 +296,11 @@ class TransformerLM(LanguageModel):
         return self.config.block_size
 
     def forward(
-        self, idx: torch.Tensor, state: KVCache | None = None
+        self, idx: torch.Tensor, state: KVCache | None = None, return_hidden: bool = False
     ) -> tuple[torch.Tensor, KVCache]:
         """Logits [B, T, I] for ``idx`` [B, T] following the ``state`` cache (None: empty);
-        the cache, extended by these T tokens, comes back as the new state."""
+        the cache, extended by these T tokens, comes back as the new state. With
+        ``return_hidden`` the inputs of the output head [B, T, D] instead of the logits."""
         b, t = idx.shape
         cache = state if state is not None else KVCache(self.config.n_layer, self.max_context)
         start = cache.length
@@ -323,7 +324,11 @@ class TransformerLM(LanguageModel):
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer, rotary)
         cache.length = start + t
-        return self._logits(self.transformer.ln_f(x)), cache
+        x = self.transformer.ln_f(x)
+        return (x if return_hidden else self._logits(x)), cache
+
+    def output_head(self) -> nn.Linear:
+        return self.lm_head
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """x · Wᵀ with the output matrix W [I, D]. To decode a few tokens on a CPU without

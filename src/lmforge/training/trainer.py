@@ -1,5 +1,9 @@
 """The training loop: maximum likelihood on random windows, with evaluation and checkpoints.
 
+One process, or many under ``torchrun`` (DistributedDataParallel: every rank draws the same
+global batch from the shared seed and trains on its own slice; rank 0 tokenizes, logs and
+writes checkpoints while the others wait for it).
+
 >>> from lmforge.config import resolve_config
 >>> result = train(resolve_config({"out": "runs/x", "model": {"family": "lstm"},
 ...                                "train": {"time_budget": 600}}))
@@ -28,10 +32,11 @@ from lmforge import __version__
 from lmforge.config import RunConfig, TokenizerConfig, TrainConfig
 from lmforge.data.corpora import Corpus, resolve_corpus
 from lmforge.data.stream import TokenStream, WindowSampler, encode_corpus, split_texts
-from lmforge.device import autocast, pick_device, resolve_dtype
+from lmforge.device import autocast, resolve_dtype
 from lmforge.errors import ConfigError, RunError, TrainingError
-from lmforge.evaluation import batch_loss, mean_loss
+from lmforge.evaluation import mean_loss
 from lmforge.fileio import atomic_write_json
+from lmforge.losses import batch_loss
 from lmforge.models.base import LanguageModel, build_model
 from lmforge.runs import (
     BEST_WEIGHTS,
@@ -45,7 +50,9 @@ from lmforge.runs import (
     save_weights,
 )
 from lmforge.tokenizers.base import Tokenizer, load_tokenizer, train_tokenizer
+from lmforge.training import distributed
 from lmforge.training.checkpoint import MetricsLog, load_trainer_state, save_trainer_state
+from lmforge.training.distributed import DistributedInfo
 from lmforge.training.schedule import learning_rate
 
 
@@ -60,6 +67,7 @@ class TrainResult:
     val_loss: float | None
     best_val_loss: float | None
     interrupted: bool = False
+    main_process: bool = True
 
 
 def build_tokenizer(config: TokenizerConfig, corpus: Corpus, val_fraction: float) -> Tokenizer:
@@ -101,10 +109,13 @@ def _all_text(corpus: Corpus) -> str:
     return "".join(corpus.read(split) for split in corpus.splits)
 
 
-def prepare_data(config: RunConfig, progress: bool = True) -> tuple[Tokenizer, TokenStream]:
-    """Resolve the corpus, build the tokenizer and encode the corpus (cached)."""
+def prepare_data(
+    config: RunConfig, progress: bool = True, tokenizer: Tokenizer | None = None
+) -> tuple[Tokenizer, TokenStream]:
+    """Resolve the corpus, build (or take) the tokenizer and encode the corpus (cached)."""
     corpus = resolve_corpus(config.data.corpus, config.data.data_dir)
-    tokenizer = build_tokenizer(config.tokenizer, corpus, config.data.val_fraction)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(config.tokenizer, corpus, config.data.val_fraction)
     stream = encode_corpus(
         corpus, tokenizer, val_fraction=config.data.val_fraction, progress=progress
     )
@@ -121,25 +132,53 @@ def train(
 
     ``resume=True`` continues the run saved in ``config.out`` exactly where it stopped.
     Without it, an existing run directory is an error unless ``overwrite=True``.
+    Under ``torchrun`` this runs on every rank.
     """
+    info = distributed.init_distributed(config.train.device)
+    try:
+        return _train(config, info, resume, overwrite, progress)
+    finally:
+        distributed.shutdown_distributed(info)
+
+
+def _train(
+    config: RunConfig, info: DistributedInfo, resume: bool, overwrite: bool, progress: bool
+) -> TrainResult:
     run_dir = Path(config.out)
-    _check_run_dir(run_dir, resume, overwrite)
-    tokenizer, stream = prepare_data(config, progress)
-    if resume:
-        saved_tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
-        if saved_tokenizer != tokenizer:
-            raise RunError(
-                f"cannot resume {run_dir}: the corpus or tokenizer settings changed since the "
-                "run started; resume with the original settings"
-            )
+
+    def prepare_on_main() -> tuple[Tokenizer, TokenStream]:
+        _check_run_dir(run_dir, resume, overwrite)
+        for torn in run_dir.glob(".*.tmp"):  # left by a process killed mid-write
+            torn.unlink()
+        tokenizer, stream = prepare_data(config, progress)
+        if resume:
+            if load_tokenizer(run_dir / TOKENIZER_FILE) != tokenizer:
+                raise RunError(
+                    f"cannot resume {run_dir}: the corpus or tokenizer settings changed since "
+                    "the run started; resume with the original settings"
+                )
+        else:
+            _clear_run_dir(run_dir)
+            tokenizer.save(run_dir / TOKENIZER_FILE)
+        return tokenizer, stream
+
+    prepared = distributed.run_on_main(info, prepare_on_main)
+    if info.is_main:
+        tokenizer, stream = prepared
+    else:  # rank 0 wrote the tokenizer and encoded the corpus into the shared cache
+        tokenizer, stream = prepare_data(
+            config, progress=False, tokenizer=load_tokenizer(run_dir / TOKENIZER_FILE)
+        )
     torch.manual_seed(config.train.seed)
     model = build_model(vocab_size=tokenizer.vocab_size, **config.model)
-    device = pick_device(config.train.device)
-    trainer = Trainer(config, model, tokenizer, stream, device, progress=progress)
+    if info.rank > 0:
+        torch.manual_seed(config.train.seed + 1000 * info.rank)  # own dropout noise per rank
+    trainer = Trainer(config, model, tokenizer, stream, info, progress=progress and info.is_main)
     if resume:
         trainer.restore(load_trainer_state(run_dir / TRAINER_STATE))
-    else:
-        trainer.start_run_dir()
+    elif info.is_main:
+        trainer.write_run_config()
+    distributed.barrier(info)
     return trainer.fit()
 
 
@@ -175,6 +214,13 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         raise RunError(f"--out {run_dir} is a file; choose a directory")
 
 
+def _clear_run_dir(run_dir: Path) -> None:
+    """Make ``run_dir`` and remove the checkpoints of a run being overwritten."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in (BEST_WEIGHTS, FINAL_WEIGHTS, TRAINER_STATE, CONFIG_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+
+
 _TIME_BAR = "{l_bar}{bar}| {n:.0f}/{total_fmt}s [{elapsed}<{remaining}{postfix}]"
 
 
@@ -187,22 +233,34 @@ class Trainer:
         model: LanguageModel,
         tokenizer: Tokenizer,
         stream: TokenStream,
-        device: torch.device,
+        info: DistributedInfo | None = None,
         progress: bool = True,
     ) -> None:
         self.config = config
         self.train_config: TrainConfig = config.train
         tc = self.train_config
+        self.info = info or DistributedInfo(device=torch.device("cpu"))
+        self.device = self.info.device
         self.run_dir = Path(config.out)
         self.tokenizer = tokenizer
         self.stream = stream
-        self.device = device
         self.dtype = resolve_dtype(tc.dtype)
         self.progress = progress
-        self.model = model.to(device)
-        self.optimizer = make_optimizer(self.model, tc, device)
+        self.model = model.to(self.device)
+        self.forward_model = self._wrap(self.model)
+        self.optimizer = make_optimizer(self.model, tc, self.device)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.dtype == torch.float16 and self.device.type == "cuda"
+        )
         train_tokens = stream.tokens("train")
-        self.sampler = WindowSampler(train_tokens, tc.batch_size, tc.block_size, seed=tc.seed)
+        self.sampler = WindowSampler(
+            train_tokens,
+            tc.batch_size,
+            tc.block_size,
+            seed=tc.seed,
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+        )
         self.val_batches = fixed_batches(stream.tokens("val"), tc, seed=tc.seed + 1, split="val")
         self.train_eval_batches = fixed_batches(train_tokens, tc, seed=tc.seed + 2, split="train")
         self.metrics = MetricsLog(self.run_dir / METRICS_FILE)
@@ -215,14 +273,21 @@ class Trainer:
         self._reserve_s = 0.0  # time the final evaluation + checkpoint is expected to take
         self._last_eval_step = -1
 
+    def _wrap(self, model: LanguageModel) -> torch.nn.Module:
+        """The module the training step calls: DDP across ranks, then torch.compile."""
+        wrapped: torch.nn.Module = model
+        if self.info.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(model, device_ids=device_ids)
+        if self.train_config.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
     # -- run directory ---------------------------------------------------------------
-    def start_run_dir(self) -> None:
-        """Write config.json and tokenizer.json, start an empty metrics log, and remove
-        weights of an earlier run that is being overwritten."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        for name in (BEST_WEIGHTS, FINAL_WEIGHTS, TRAINER_STATE):
-            (self.run_dir / name).unlink(missing_ok=True)
-        self.tokenizer.save(self.run_dir / TOKENIZER_FILE)
+    def write_run_config(self) -> None:
+        """Write config.json (the resolved configuration) and start an empty metrics log."""
         atomic_write_json(self.run_dir / CONFIG_FILE, self.run_config_json())
         self.metrics.reset()
 
@@ -237,12 +302,22 @@ class Trainer:
             "block_size": self.train_config.block_size,
             "parameters": self.model.num_parameters(),
             "corpus": self.config.data.corpus,
+            "data": {
+                split: {
+                    "tokens": self.stream.num_tokens(split),
+                    "chars": self.stream.num_chars(split),
+                }
+                for split in self.stream.splits
+            },
+            "world_size": self.info.world_size,
             "run": self.config.to_dict(),
         }
 
     # -- resumption ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly from here."""
+        """Everything needed to continue exactly from here (collective under DDP: every rank
+        must call it, since each rank's RNG state is kept)."""
+        rng = distributed.gather_objects(self.info, torch.get_rng_state())
         state: dict[str, Any] = {
             "step": self.step,
             "tokens": self.tokens,
@@ -251,28 +326,40 @@ class Trainer:
             "last_val_loss": self.last_val_loss if self.last_val_loss is not None else math.nan,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "sampler": json.dumps(self.sampler.state_dict()),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": rng,
         }
         if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+            state["cuda_rng"] = distributed.gather_objects(
+                self.info, torch.cuda.get_rng_state(self.device)
+            )
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict`."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(json.loads(state["sampler"]))
-        torch.set_rng_state(state["torch_rng"])
+        rng = state["torch_rng"]
+        if len(rng) != self.info.world_size:
+            raise RunError(
+                f"cannot resume {self.run_dir} exactly: it ran with {len(rng)} process(es), "
+                f"now {self.info.world_size}; resume with the same number of processes"
+            )
+        torch.set_rng_state(rng[self.info.rank])
         if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            torch.cuda.set_rng_state(state["cuda_rng"][self.info.rank], self.device)
         self.step = int(state["step"])
         self.tokens = int(state["tokens"])
         self.elapsed_s = float(state["elapsed_s"])
         self.best_val_loss = float(state["best_val_loss"])
         last = float(state["last_val_loss"])
         self.last_val_loss = None if math.isnan(last) else last
-        self.metrics.truncate_after(self.step)
+        if self.info.is_main:
+            self.metrics.truncate_after(self.step)
 
     # -- the loop --------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -284,21 +371,22 @@ class Trainer:
         started = time.perf_counter() - self.elapsed_s
         window_start, window_tokens, window_losses = time.perf_counter(), 0, []
         step_time = 0.0
+        tokens_per_step = tc.batch_size * tc.block_size * tc.grad_accum
+        interrupted = False
         try:
             if self.step == 0:
                 self._log_initial_losses(started, bar)
                 window_start = time.perf_counter()
-            while not self._should_stop(time.perf_counter() - started, step_time):
-                if self._interrupt.is_set():
+            while True:
+                interrupted, stop = self._stop_signals(time.perf_counter() - started, step_time)
+                if interrupted or stop:
                     break
                 t0 = time.perf_counter()
-                elapsed = t0 - started
-                lr = learning_rate(tc, self.step, elapsed)
-                loss = self._train_step(lr)
+                lr = learning_rate(tc, self.step, t0 - started)
+                window_losses.append(self._train_step(lr))
                 self.step += 1
-                self.tokens += tc.batch_size * tc.block_size * tc.grad_accum
-                window_tokens += tc.batch_size * tc.block_size * tc.grad_accum
-                window_losses.append(loss)
+                self.tokens += tokens_per_step
+                window_tokens += tokens_per_step
                 now = time.perf_counter()
                 step_time = now - t0 if step_time == 0.0 else 0.9 * step_time + 0.1 * (now - t0)
                 self.elapsed_s = now - started
@@ -309,27 +397,19 @@ class Trainer:
                     record = self._record(train_loss, lr, rate, step_time)
                     if self.step % tc.eval_interval == 0:
                         record.update(self._evaluate_and_checkpoint(started))
-                    self.metrics.append(record)
+                    self._append(record)
                     bar.set_postfix(self._postfix(record), refresh=False)
                     window_start, window_tokens, window_losses = time.perf_counter(), 0, []
-            interrupted = self._interrupt.is_set()
             if window_losses:
-                self._check_finite(window_losses)
+                train_loss = self._check_finite(window_losses)
             if interrupted:
                 self._save_checkpoint(best=False)
-                self._say(
-                    f"interrupted at step {self.step}: saved {self.run_dir}; "
-                    f"continue with: lmforge train --resume {self.run_dir}"
-                )
             elif self._last_eval_step != self.step:
-                record = self._record(
-                    self._mean(window_losses) if window_losses else None,
-                    learning_rate(tc, max(self.step - 1, 0), self.elapsed_s),
-                    window_tokens / max(time.perf_counter() - window_start, 1e-9),
-                    step_time,
-                )
+                rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                lr = learning_rate(tc, max(self.step - 1, 0), self.elapsed_s)
+                record = self._record(train_loss if window_losses else None, lr, rate, step_time)
                 record.update(self._evaluate_and_checkpoint(started))
-                self.metrics.append(record)
+                self._append(record)
         finally:
             bar.close()
             if previous_handler is not None:
@@ -342,6 +422,7 @@ class Trainer:
             val_loss=self.last_val_loss,
             best_val_loss=self.best_val_loss if math.isfinite(self.best_val_loss) else None,
             interrupted=interrupted,
+            main_process=self.info.is_main,
         )
 
     def _train_step(self, lr: float) -> torch.Tensor:
@@ -349,32 +430,46 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=self.device)
-        for _ in range(tc.grad_accum):
+        for micro in range(tc.grad_accum):
             x_np, y_np = self.sampler.next_batch()
             x = torch.from_numpy(x_np).to(self.device, non_blocking=True)
             y = torch.from_numpy(y_np).to(self.device, non_blocking=True)
-            with autocast(self.device, self.dtype):
-                loss = batch_loss(self.model, x, y)
-            (loss / tc.grad_accum).backward()
+            with self._no_sync(last=micro == tc.grad_accum - 1), autocast(self.device, self.dtype):
+                loss = batch_loss(self.forward_model, x, y)
+            self.scaler.scale(loss / tc.grad_accum).backward()
             total += loss.detach()
         if tc.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return total / tc.grad_accum
 
-    def _should_stop(self, elapsed: float, step_time: float) -> bool:
+    def _no_sync(self, last: bool) -> Any:
+        """Skip DDP's gradient all-reduce on all but the last micro-batch of a step."""
+        import contextlib
+
+        module = self.forward_model
+        module = getattr(module, "_orig_mod", module)  # under torch.compile
+        if self.info.enabled and not last and hasattr(module, "no_sync"):
+            return module.no_sync()
+        return contextlib.nullcontext()
+
+    def _stop_signals(self, elapsed: float, step_time: float) -> tuple[bool, bool]:
+        """(interrupted, done), agreed by every rank so all stop at the same step."""
         tc = self.train_config
-        if tc.max_steps is not None and self.step >= tc.max_steps:
-            return True
+        done = tc.max_steps is not None and self.step >= tc.max_steps
         if tc.time_budget is not None:
-            return elapsed + step_time + self._reserve_s >= tc.time_budget
-        return False
+            done = done or elapsed + step_time + self._reserve_s >= tc.time_budget
+        flags = torch.tensor([float(self._interrupt.is_set()), float(done)])
+        distributed.all_reduce_max(self.info, flags)
+        return bool(flags[0]), bool(flags[1])
 
     def _record(
         self, train_loss: float | None, lr: float, rate: float, step_time: float
     ) -> dict[str, Any]:
-        record: dict[str, Any] = {
+        return {
             "step": self.step,
             "train_loss": train_loss,
             "tokens": self.tokens,
@@ -383,15 +478,30 @@ class Trainer:
             "lr": lr,
             "elapsed_s": round(self.elapsed_s, 3),
         }
-        return record
 
-    def _evaluate(self) -> float:
-        val, _ = mean_loss(self.model, self.val_batches, self.device, self.dtype)
-        return val
+    def _append(self, record: dict[str, Any]) -> None:
+        if self.info.is_main:
+            self.metrics.append(record)
+
+    def _mean_loss(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> float:
+        """The mean loss over ``batches``, shared out among the ranks."""
+        mine = batches[self.info.rank :: self.info.world_size]
+        mean, count = mean_loss(self.model, mine, self.device, self.dtype)
+        totals = torch.tensor([mean * count, float(count)], dtype=torch.float64)
+        distributed.all_reduce_sum(self.info, totals)
+        return float(totals[0] / totals[1])
+
+    def _log_initial_losses(self, started: float, bar: tqdm) -> None:
+        """Step 0: the untrained model's train and val loss (≈ ln I for every model)."""
+        train_estimate = self._mean_loss(self.train_eval_batches)
+        record = self._record(train_estimate, learning_rate(self.train_config, 0), 0.0, 0.0)
+        record.update(self._evaluate_and_checkpoint(started, checkpoint=False))
+        self._append(record)
+        bar.set_postfix(self._postfix(record), refresh=False)
 
     def _evaluate_and_checkpoint(self, started: float, checkpoint: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()
-        val = self._evaluate()
+        val = self._mean_loss(self.val_batches)
         self.last_val_loss = val
         self._last_eval_step = self.step
         best = checkpoint and val < self.best_val_loss
@@ -405,24 +515,22 @@ class Trainer:
         self._say(f"step {self.step}: val {val:.4f}{' (best)' if best else ''}{rate}")
         return {"val_loss": val}
 
-    def _log_initial_losses(self, started: float, bar: tqdm) -> None:
-        """Step 0: the untrained model's train and val loss (≈ ln I for every model)."""
-        train_estimate, _ = mean_loss(self.model, self.train_eval_batches, self.device, self.dtype)
-        record = self._record(train_estimate, learning_rate(self.train_config, 0), 0.0, 0.0)
-        record.update(self._evaluate_and_checkpoint(started, checkpoint=False))
-        self.metrics.append(record)
-        bar.set_postfix(self._postfix(record), refresh=False)
-
     def _save_checkpoint(self, best: bool) -> None:
+        state = self.state_dict()  # collective: every rank contributes its RNG state
+        if not self.info.is_main:
+            return
         meta = {"step": self.step, "val_loss": self.last_val_loss}
-        save_trainer_state(self.run_dir / TRAINER_STATE, self.state_dict())
+        save_trainer_state(self.run_dir / TRAINER_STATE, state)
         save_weights(self.model, self.run_dir / FINAL_WEIGHTS, **meta)
         if best:
-            shutil.copyfile(self.run_dir / FINAL_WEIGHTS, self.run_dir / f".{BEST_WEIGHTS}.tmp")
-            (self.run_dir / f".{BEST_WEIGHTS}.tmp").replace(self.run_dir / BEST_WEIGHTS)
+            staged = self.run_dir / f".{BEST_WEIGHTS}.tmp"
+            shutil.copyfile(self.run_dir / FINAL_WEIGHTS, staged)
+            staged.replace(self.run_dir / BEST_WEIGHTS)
 
     def _check_finite(self, losses: list[torch.Tensor]) -> float:
-        value = self._mean(losses)
+        total = torch.stack(losses).mean().detach().float().cpu().reshape(1)
+        distributed.all_reduce_sum(self.info, total)
+        value = float(total[0]) / self.info.world_size
         if not math.isfinite(value):
             kept = (
                 f"the last good checkpoint is kept in {self.run_dir}"
@@ -435,19 +543,16 @@ class Trainer:
             )
         return value
 
-    @staticmethod
-    def _mean(losses: list[torch.Tensor]) -> float:
-        return float(torch.stack(losses).mean())
-
     # -- presentation ----------------------------------------------------------------
     def _announce(self) -> None:
         tc = self.train_config
         n_train = self.stream.num_tokens("train")
         per_step = tc.batch_size * tc.block_size * tc.grad_accum
+        ranks = f" × {self.info.world_size} processes" if self.info.enabled else ""
         self._say(
-            f"{self.model.family}: {self.model.num_parameters():,} parameters on {self.device}; "
-            f"vocabulary {self.tokenizer.vocab_size}; train {n_train:,} tokens, "
-            f"val {self.stream.num_tokens('val'):,} tokens; "
+            f"{self.model.family}: {self.model.num_parameters():,} parameters on "
+            f"{self.device}{ranks}; vocabulary {self.tokenizer.vocab_size}; "
+            f"train {n_train:,} tokens, val {self.stream.num_tokens('val'):,} tokens; "
             f"{per_step:,} tokens/step, one epoch ≈ {n_train / per_step:,.0f} steps"
         )
 
@@ -478,10 +583,7 @@ class Trainer:
         )
 
     def _advance_bar(self, bar: tqdm, seconds: float) -> None:
-        if self.train_config.max_steps is not None:
-            bar.update(1)
-        else:
-            bar.update(seconds)
+        bar.update(1 if self.train_config.max_steps is not None else seconds)
 
     def _postfix(self, record: dict[str, Any]) -> dict[str, str]:
         postfix = {"step": str(record["step"])}
@@ -491,6 +593,7 @@ class Trainer:
             postfix["val"] = f"{self.last_val_loss:.4f}"
         if record.get("tokens_per_s"):
             postfix["tok/s"] = f"{record['tokens_per_s']:,.0f}"
+            postfix["ms/step"] = f"{1000 * record['step_time_s']:.0f}"
         postfix["lr"] = f"{record['lr']:.2e}"
         return postfix
 
@@ -502,10 +605,11 @@ class Trainer:
             if self._interrupt.is_set():
                 raise KeyboardInterrupt
             self._interrupt.set()
-            tqdm.write(
-                "stopping after this step to save a checkpoint (Ctrl-C again to abort)",
-                file=sys.stderr,
-            )
+            if self.progress:
+                tqdm.write(
+                    "stopping after this step to save a checkpoint (Ctrl-C again to abort)",
+                    file=sys.stderr,
+                )
 
         return signal.signal(signal.SIGINT, handler)
 
