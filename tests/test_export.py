@@ -7,6 +7,7 @@ from lmforge.cli import main
 from lmforge.errors import LmforgeError
 from lmforge.export import ExportError, export_hf, gpt2_state_dict, write_hf_model
 from lmforge.models import build_model
+from lmforge.runs import load_run
 
 
 def random_transformer(**options):
@@ -19,9 +20,7 @@ def random_transformer(**options):
     return model.eval()
 
 
-@pytest.mark.parametrize(
-    "options", [{}, {"bias": False}, {"tie_weights": False}, {"dropout": 0.1}]
-)
+@pytest.mark.parametrize("options", [{}, {"bias": False}, {"tie_weights": False}, {"dropout": 0.1}])
 def test_transformers_computes_the_same_logits(tmp_path, options):
     transformers = pytest.importorskip("transformers")
     model = random_transformer(**options)
@@ -89,14 +88,53 @@ def train_tiny_run(run, corpus, *flags):
     assert code == 0
 
 
-def test_export_command_writes_a_folder_and_refuses_to_clobber(tmp_path, tiny_corpus, capsys):
+TOKENIZER_FLAGS = {
+    "char": [],
+    "word": ["--tokenizer", "word"],
+    "bpe": ["--tokenizer", "bpe", "--vocab-size", "300", "--special", "<|endoftext|>"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TOKENIZER_FLAGS))
+def test_transformers_loads_the_exported_run_as_it_is(tmp_path, verse_corpus, kind):
+    transformers = pytest.importorskip("transformers")
+    run, out = tmp_path / "run", tmp_path / "hf"
+    train_tiny_run(run, verse_corpus, "--position", "learned", *TOKENIZER_FLAGS[kind])
+    assert main(["export", str(run), "--format", "hf", str(out)]) == 0
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= {p.name for p in out.iterdir()}
+    lm = load_run(run, device="cpu")
+    text = "to be or not to be, that is the question\nall that glitters"
+    ids = lm.tokenizer.encode(text)
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert tokenizer(text)["input_ids"] == ids
+    model = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    window = torch.tensor([ids[-16:]])
+    with torch.no_grad():
+        theirs = model(window).logits
+        ours, _ = lm.model(window)
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+    if kind == "bpe":
+        eot = lm.tokenizer.special_tokens["<|endoftext|>"]
+        assert model.config.eos_token_id == eot == tokenizer.eos_token_id
+
+    generator = transformers.pipeline("text-generation", model=str(out), device="cpu")
+    result = generator("to be", max_new_tokens=8, do_sample=False)
+    generated = result[0]["generated_text"]
+    assert generated.startswith("to be") and len(generated) > len("to be")
+
+
+def test_export_command_refuses_to_clobber(tmp_path, tiny_corpus, capsys):
     pytest.importorskip("transformers")
     run, out = tmp_path / "run", tmp_path / "hf"
     train_tiny_run(run, tiny_corpus, "--position", "learned")
-    assert main(["export", str(run), "--format", "hf", str(out)]) == 0
-    assert {"config.json", "model.safetensors", "generation_config.json"} <= {
-        p.name for p in out.iterdir()
-    }
+    assert main(["export", str(run), str(out)]) == 0
     capsys.readouterr()
     assert main(["export", str(run), str(out)]) == 2
     assert "is not empty; choose another directory or pass --overwrite" in capsys.readouterr().err

@@ -3,7 +3,8 @@
     OUT_DIR/config.json             GPT2Config: the shape, exact GELU, LayerNorm epsilon
     OUT_DIR/generation_config.json  the token ids generation needs
     OUT_DIR/model.safetensors       the weights under GPT-2's names
-    OUT_DIR/tokenizer.json ...      the run's tokenizer, as a Hugging Face fast tokenizer
+    OUT_DIR/tokenizer.json          the run's tokenizer (char, word or BPE) as a fast
+    OUT_DIR/tokenizer_config.json   tokenizer, with :mod:`lmforge.tokenizers.export`
 
 lmforge's Transformer is GPT-2's architecture with GPT-2's module names and weight layouts
 (the block matrices are [in, out], GPT-2's ``Conv1D``), so the weights are written as they are.
@@ -28,8 +29,9 @@ from lmforge.fileio import atomic_write_json, atomic_write_with
 from lmforge.models.base import LanguageModel
 from lmforge.runs import Run, load_run
 from lmforge.tokenizers.base import Tokenizer
+from lmforge.tokenizers.export import save_hf_tokenizer_dir
 
-FORMATS = ("hf",)
+END_OF_TEXT = "<|endoftext|>"
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, the value GPT-2 uses too
 _CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
@@ -128,9 +130,20 @@ def export_hf(
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"{out} is not empty; choose another directory or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
-    write_hf_model(run.model, out)
-    write_hf_tokenizer(run.tokenizer, out)
+    save_hf_tokenizer_dir(run.tokenizer, out, model_max_length=run.model.max_context)
+    write_hf_model(run.model, out, end_of_text_id(run.tokenizer))
     return out
+
+
+def end_of_text_id(tokenizer: Tokenizer) -> int | None:
+    """The id of ``<|endoftext|>`` when the tokenizer has it as a special token (GPT-2's
+    beginning- and end-of-text token), else None.
+
+    >>> end_of_text_id(train_tokenizer("bpe", text, vocab_size=300, special=["<|endoftext|>"]))
+    300
+    """
+    special = getattr(tokenizer, "special_tokens", {})
+    return special.get(END_OF_TEXT)
 
 
 def write_hf_model(model: LanguageModel, out: Path, eos_token_id: int | None = None) -> None:
@@ -147,8 +160,3 @@ def write_hf_model(model: LanguageModel, out: Path, eos_token_id: int | None = N
         out / "generation_config.json",
         {"bos_token_id": eos_token_id, "eos_token_id": eos_token_id, "pad_token_id": None},
     )
-
-
-def write_hf_tokenizer(tokenizer: Tokenizer, out: Path) -> None:
-    """Write the tokenizer files ``AutoTokenizer.from_pretrained(out)`` reads."""
-    raise NotImplementedError
