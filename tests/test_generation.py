@@ -29,6 +29,19 @@ def char_model(request):
     return model.eval(), tok
 
 
+def record_sampled_logits(monkeypatch) -> list[torch.Tensor]:
+    """Make generation append the processed logits of every step to the returned list."""
+    seen = []
+    original = generation.sample_next
+
+    def recording(logits, config, gen):
+        seen.append(logits.clone())
+        return original(logits, config, gen)
+
+    monkeypatch.setattr(generation, "sample_next", recording)
+    return seen
+
+
 def rerun_logits(model, history: torch.Tensor, start: int) -> torch.Tensor:
     """The next logits from running the window ``history[:, start:]`` from scratch."""
     return model(history[:, start:])[0][:, -1]
@@ -39,14 +52,7 @@ def test_generation_with_carried_state_matches_rerunning_the_window(name, monkey
     model = make(name, vocab=30).eval().double()  # float64: no rounding noise in the check
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.5)
-    seen = []
-    original = generation.sample_next
-
-    def recording(logits, config, gen):
-        seen.append(logits.clone())
-        return original(logits, config, gen)
-
-    monkeypatch.setattr(generation, "sample_next", recording)
+    seen = record_sampled_logits(monkeypatch)
     prompt = [1, 2, 3, 4, 5]
     steps = 150  # past the Transformers' block of 64: the window slides twice
     cfg = SampleConfig(max_new_tokens=steps, temperature=1.0, seed=0, num_samples=2)

@@ -186,7 +186,14 @@ FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 TRANSFORMER_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # trains well in minutes on a laptop CPU (the default there)
     "tiny": {
-        "model": {"n_layer": 4, "n_head": 4, "n_embd": 192, "dropout": 0.0, "position": "rotary"},
+        "model": {
+            "n_layer": 4,
+            "n_head": 4,
+            "n_embd": 192,
+            "dropout": 0.0,
+            "bias": False,
+            "position": "rotary",
+        },
         "train": {
             "batch_size": 32,
             "block_size": 128,
@@ -202,7 +209,14 @@ TRANSFORMER_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # nanoGPT's shakespeare-char model: minutes on one GPU (the default there)
     "small": {
-        "model": {"n_layer": 6, "n_head": 6, "n_embd": 384, "dropout": 0.2, "position": "learned"},
+        "model": {
+            "n_layer": 6,
+            "n_head": 6,
+            "n_embd": 384,
+            "dropout": 0.2,
+            "bias": False,
+            "position": "learned",
+        },
         "train": {
             "batch_size": 64,
             "block_size": 256,
@@ -223,6 +237,7 @@ TRANSFORMER_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "n_head": 12,
             "n_embd": 768,
             "dropout": 0.0,
+            "bias": True,
             "position": "learned",
         },
         "train": {

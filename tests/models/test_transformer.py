@@ -16,6 +16,7 @@ from lmforge.errors import ConfigError, LmforgeError
 from lmforge.generation import SampleConfig, generate_ids
 from lmforge.models import build_model
 from lmforge.models.transformer import apply_rotary, rotary_tables
+from tests.test_generation import record_sampled_logits
 
 VOCAB = 40
 
@@ -40,14 +41,7 @@ def small_transformer(position: str = "learned", block: int = 32, **options):
 @pytest.mark.parametrize("position", ["learned", "rotary"])
 def test_cached_greedy_generation_equals_recomputation_for_300_tokens(position, monkeypatch):
     model = small_transformer(position, block=32)
-    seen = []
-    original = generation.sample_next
-
-    def recording(logits, config, gen):
-        seen.append(logits.clone())
-        return original(logits, config, gen)
-
-    monkeypatch.setattr(generation, "sample_next", recording)
+    seen = record_sampled_logits(monkeypatch)
     prompt = [3, 1, 4, 1, 5]
     cached = [int(t) for t in generate_ids(model, prompt, SampleConfig(300, temperature=0))]
 
