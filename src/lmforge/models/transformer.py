@@ -331,13 +331,14 @@ class TransformerLM(LanguageModel):
         return self.lm_head
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        """x · Wᵀ with the output matrix W [I, D]. To decode a few tokens on a CPU without
+        """x · Wᵀ with the output matrix W [I, D]. To decode a few rows on a CPU without
         gradients it multiplies by a transposed copy [D, I] instead, kept beside W and made
         again whenever W changes: a vector times a [D, I] matrix streams it about 1.8× faster
         than times the [I, D] one (for GPT-2 124M, the head is a third of each step's reads).
         """
         weight = self.lm_head.weight
-        if torch.is_grad_enabled() or x.device.type != "cpu" or x.shape[0] * x.shape[1] > 8:
+        rows = x.shape[0] * x.shape[1]
+        if torch.is_grad_enabled() or x.device.type != "cpu" or rows > 64 or weight.is_inference():
             return self.lm_head(x)
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.shape)
         if self._head_copy is None or self._head_copy[0] != key:
