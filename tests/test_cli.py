@@ -137,3 +137,13 @@ def test_sample_from_a_missing_run_is_a_one_line_error(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lmforge: error: run directory not found") and err.count("\n") == 1
+
+
+@pytest.mark.integration
+def test_demo_trains_and_prints_a_sample(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--seconds", "6", "--length", "50", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.strip().startswith("ROMEO:")
+    assert len(printed.strip()) >= len("ROMEO:") + 30
+    assert (out / "model.safetensors").is_file()

@@ -142,27 +142,29 @@ FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "bigram": {
         "model": {},
         "train": {
-            "batch_size": 32,
+            "batch_size": 256,
             "block_size": 128,
-            "max_steps": 2000,
+            "max_steps": 500,
             "learning_rate": 0.1,
-            "min_lr": 0.01,
+            "min_lr": 0.001,
             "warmup_steps": 0,
             "weight_decay": 0.0,
-            "eval_interval": 250,
+            "eval_interval": 100,
         },
     },
+    # Short windows: an order-blind average of the last few characters still says a lot; over
+    # long windows the sum grows and the mean blurs towards the unigram distribution.
     "context": {
         "model": {"mode": "mean"},
         "train": {
-            "batch_size": 32,
-            "block_size": 128,
-            "max_steps": 2000,
-            "learning_rate": 0.1,
-            "min_lr": 0.01,
+            "batch_size": 256,
+            "block_size": 16,
+            "max_steps": 1000,
+            "learning_rate": 0.03,
+            "min_lr": 0.001,
             "warmup_steps": 0,
             "weight_decay": 0.0,
-            "eval_interval": 250,
+            "eval_interval": 200,
         },
     },
     **{

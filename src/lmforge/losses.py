@@ -53,17 +53,21 @@ def _blockwise(
         logits = (h @ w.t()).to(exact)
         if bias is not None:
             logits += bias.to(exact)
-        lse = torch.logsumexp(logits, dim=-1)
-        total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-        if with_grads:
-            probs = logits.sub_(lse[:, None]).exp_()  # the block's softmax, in place
-            probs[torch.arange(len(t), device=t.device), t] -= 1.0
-            probs.div_(n)
-            g = probs.to(compute_dtype)
-            grad_hidden[start : start + rows] = (g @ w).to(hidden.dtype)
-            grad_weight.add_(g.t() @ h)
-            if grad_bias is not None:
-                grad_bias += probs.sum(0)
+        picked = logits.gather(1, t[:, None]).squeeze(1)
+        if not with_grads:
+            total += (torch.logsumexp(logits, dim=-1) - picked).sum()
+            continue
+        top = logits.amax(dim=-1, keepdim=True)
+        probs = logits.sub_(top).exp_()  # one exp per logit, in the block's own memory
+        norm = probs.sum(dim=-1)
+        total += (top.squeeze(1) + norm.log() - picked).sum()
+        probs.div_(norm[:, None] * n)
+        probs[torch.arange(len(t), device=t.device), t] -= 1.0 / n
+        g = probs.to(compute_dtype)
+        grad_hidden[start : start + rows] = (g @ w).to(hidden.dtype)
+        grad_weight.add_(g.t() @ h)
+        if grad_bias is not None:
+            grad_bias += probs.sum(0)
     return total, grad_hidden, grad_weight, grad_bias
 
 

@@ -425,7 +425,7 @@ class Trainer:
         tc = self.train_config
         done = tc.max_steps is not None and self.step >= tc.max_steps
         if tc.time_budget is not None:
-            done = done or elapsed + step_time + self._reserve_s >= tc.time_budget
+            done = done or elapsed + 2 * step_time + self._reserve_s >= tc.time_budget
         flags = torch.tensor([float(self._interrupt.is_set()), float(done)])
         distributed.all_reduce_max(self.info, flags)
         return bool(flags[0]), bool(flags[1])
@@ -459,21 +459,21 @@ class Trainer:
         """Step 0: the untrained model's train and val loss (≈ ln I for every model)."""
         train_estimate = self._mean_loss(self.train_eval_batches)
         record = self._record(train_estimate, learning_rate(self.train_config, 0), 0.0, 0.0)
-        record.update(self._evaluate_and_checkpoint(started, checkpoint=False))
+        # a checkpoint of the initial weights: it also measures what the final one will cost
+        record.update(self._evaluate_and_checkpoint(started))
         self._append(record)
         bar.set_postfix(self._postfix(record), refresh=False)
 
-    def _evaluate_and_checkpoint(self, started: float, checkpoint: bool = True) -> dict[str, Any]:
+    def _evaluate_and_checkpoint(self, started: float) -> dict[str, Any]:
         t0 = time.perf_counter()
         val = self._mean_loss(self.val_batches)
         self.last_val_loss = val
         self._last_eval_step = self.step
-        best = checkpoint and val < self.best_val_loss
+        best = val < self.best_val_loss
         if best:
             self.best_val_loss = val
-        if checkpoint:
-            self._save_checkpoint(best=best)
-            self.elapsed_s = time.perf_counter() - started
+        self._save_checkpoint(best=best)
+        self.elapsed_s = time.perf_counter() - started
         self._reserve_s = max(self._reserve_s, 1.5 * (time.perf_counter() - t0) + 0.5)
         rate = f", {self.tokens / max(self.elapsed_s, 1e-9):,.0f} tok/s" if self.step else ""
         self._say(f"step {self.step}: val {val:.4f}{' (best)' if best else ''}{rate}")
@@ -590,9 +590,14 @@ def make_optimizer(
         {"params": no_decay, "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
+    fused = device.type in ("cpu", "cuda")  # one kernel per step instead of a dozen passes
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum)
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2))
+        return torch.optim.SGD(
+            groups, lr=config.learning_rate, momentum=config.momentum, fused=fused
+        )
+    return torch.optim.AdamW(
+        groups, lr=config.learning_rate, betas=(config.beta1, config.beta2), fused=fused
+    )
 
 
 def fixed_batches(
