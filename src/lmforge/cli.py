@@ -591,8 +591,10 @@ def _add_tokenize_parser(sub: Any) -> None:
     commands = tokenize.add_subparsers(dest="tokenize_command", metavar="SUBCOMMAND")
     commands.required = True
 
-    def corpus_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("corpus", metavar="CORPUS", help="a corpus name, text file or directory")
+    def corpus_options(p: argparse.ArgumentParser, nargs: str | None = None) -> None:
+        p.add_argument(
+            "corpus", metavar="CORPUS", nargs=nargs, help="a corpus name, text file or directory"
+        )
         p.add_argument("--data-dir", help="where named corpora are looked for first")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -602,7 +604,7 @@ def _add_tokenize_parser(sub: Any) -> None:
         description="Learn a tokenizer from CORPUS (its training text: a file's whole text, "
         "wikitext-2's train.txt; character and word vocabularies take every split).",
     )
-    corpus_options(p)
+    corpus_options(p, nargs="?")  # "--special A B CORPUS" works: see tokenize_train
     p.add_argument("--kind", choices=["bpe", "char", "word"], default="bpe")
     p.add_argument("--vocab-size", type=int, help="BPE: 256 bytes + merges + special tokens")
     p.add_argument(

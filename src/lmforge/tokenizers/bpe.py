@@ -310,6 +310,21 @@ class BPETokenizer(Tokenizer):
         tiktoken, whose vocabularies are keyed by the token's text)."""
         return len(set(self._vocab_bytes)) == len(self._vocab_bytes)
 
+    def first_inconsistent_token(self) -> int | None:
+        """The first merged token that its own bytes do not encode to, or ``None``.
+
+        A vocabulary learned by training has none; a hand-made one may: with merges
+        ``(b, c)``, ``(a, b)``, ``(ab, c)``, the bytes ``abc`` encode to ``[a, bc]``, never to
+        the token ``abc`` (tiktoken, which merges by the rank of the joined bytes, would).
+
+        >>> BPETokenizer([(98, 99), (97, 98), (257, 99)]).first_inconsistent_token()
+        258
+        """
+        for index in range(256, 256 + len(self.merges)):
+            if self.merge_bytes(self._vocab_bytes[index]) != [index]:
+                return index
+        return None
+
     # -- encoding
 
     def encode(
@@ -482,12 +497,17 @@ class BPETokenizer(Tokenizer):
         return [s for s in self.special if s in allowed]
 
     def _merge_piece(self, piece: str) -> list[int]:
-        """One piece → ids: repeatedly merge the adjacent pair learned earliest.
+        """One piece → ids (see :meth:`merge_bytes`)."""
+        return self.merge_bytes(piece.encode("utf-8"))
 
-        >>> BPETokenizer([(97, 97), (256, 97)])._merge_piece("aaaaa")
+    def merge_bytes(self, data: bytes) -> list[int]:
+        """Bytes → ids: repeatedly merge the adjacent pair learned earliest (every occurrence,
+        left to right), as training did.
+
+        >>> BPETokenizer([(97, 97), (256, 97)]).merge_bytes(b"aaaaa")
         [256, 257]
         """
-        ids = list(piece.encode("utf-8"))
+        ids = list(data)
         if len(ids) >= _LONG_PIECE:
             return _merge_long(ids, self._merge_ids)
         get = self._merge_ids.get
@@ -646,6 +666,8 @@ def _merge_long(ids: list[int], merge_ids: dict[int, int]) -> list[int]:
     [256, 97]
     """
     n = len(ids)
+    if n < 2:
+        return ids
     nxt = list(range(1, n + 1))
     nxt[-1] = -1
     prv = list(range(-1, n - 1))

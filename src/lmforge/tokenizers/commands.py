@@ -34,6 +34,11 @@ SPECIAL_TEXT = {
 
 def tokenize_train(args: argparse.Namespace) -> int:
     """Train a tokenizer on a corpus and save it as JSON."""
+    if args.corpus is None:
+        if not args.special:
+            raise LmforgeError("give the CORPUS to train on (a name, a text file or a directory)")
+        # "--special A B CORPUS -o tok.json": --special took the corpus as its last value.
+        args.corpus = args.special.pop()
     config = TokenizerConfig(
         kind=args.kind,
         vocab_size=args.vocab_size,

@@ -3,9 +3,10 @@
 tiktoken (optional, in the ``peers`` extra) encodes with the same vocabulary: token ``i`` has
 rank ``i``, the bytes of each token are its key, the split pattern and special tokens are
 lmforge's. tiktoken merges the adjacent pair whose *joined bytes* have the lowest rank, while
-lmforge applies its merge list in order; for a vocabulary trained by merges (every token is made
-from two earlier ones and no two tokens share bytes) both give the same ids, which the tests
-check on real corpora and random text. The pure-Python encoder stays the reference and the
+lmforge applies its merge list in order. For a vocabulary trained by merges (no two tokens share
+bytes, and each token's own bytes encode to that token) both give the same ids, which the tests
+check on real corpora and on random vocabularies and texts; a tokenizer without those properties
+(hand-made merges) is never given to tiktoken. The pure-Python encoder stays the reference and the
 fallback.
 
 ``LMFORGE_BPE_ENGINE`` picks the engine: ``auto`` (default: tiktoken when installed and the
@@ -56,6 +57,12 @@ def tiktoken_incompatibility(tokenizer: BPETokenizer) -> str | None:
         )
     if not tokenizer.has_unique_tokens():
         return "two tokens of this vocabulary stand for the same bytes"
+    index = tokenizer.first_inconsistent_token()
+    if index is not None:
+        return (
+            f"token {index} ({tokenizer.id_to_token(index)!r}) is not what its own bytes encode "
+            "to, so tiktoken's merging by rank would differ from the merge list"
+        )
     return None
 
 
