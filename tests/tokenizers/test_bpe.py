@@ -60,6 +60,15 @@ def reference_merges(words: dict[bytes, int], num_merges: int, min_frequency: in
     return merges
 
 
+@pytest.fixture(scope="module", autouse=True)
+def python_engine():
+    """These tests check the pure-Python encoder, the reference (test_engines.py checks that
+    tiktoken gives the same ids)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LMFORGE_BPE_ENGINE", "python")
+        yield
+
+
 @pytest.fixture(scope="module")
 def hard_tok():
     text = markov_text(20_000, alphabet="ab c\n") + HARD_TEXT * 20
@@ -369,8 +378,7 @@ def test_wikitext_lines_are_cut_and_encode_like_the_whole(tmp_path):
         assert [p for c in chunks for p in splitter.split(c)] == splitter.split(text)
 
 
-def test_encode_chunks_in_processes_equals_one_process(monkeypatch):
-    monkeypatch.setenv("LMFORGE_BPE_ENGINE", "python")
+def test_encode_chunks_in_processes_equals_one_process():
     text = (markov_text(30_000, alphabet="ab c.\n") + "x" + EOT + "y\n") * 2
     tok = BPETokenizer.train(text, vocab_size=300, pattern="gpt2", special=[EOT])
     chunks = list(chunk_text(text, size=5000))

@@ -18,9 +18,10 @@ among pairs of equal count the smallest pair of ids wins, compared as ``(left, r
 given text, vocabulary size and pattern always give the same merges.
 
 Encoding applies the merges by rank (earliest learned first) within each piece, with a cache
-per piece; :meth:`BPETokenizer.encode_chunks` encodes a large corpus in several processes, and
-with ``tiktoken`` installed bulk encoding runs on a ``tiktoken.Encoding`` built from the same
-merges (see :mod:`lmforge.tokenizers.engines`), giving the same ids.
+per piece; :meth:`BPETokenizer.encode_chunks` encodes a large corpus in several processes. With
+``tiktoken`` installed, encoding runs on a ``tiktoken.Encoding`` built from the same merges (see
+:mod:`lmforge.tokenizers.engines`), which gives the same ids; ``LMFORGE_BPE_ENGINE=python``
+keeps the pure-Python encoder, the reference.
 """
 
 from __future__ import annotations
@@ -344,8 +345,14 @@ class BPETokenizer(Tokenizer):
         14
         """
         recognised = self._recognised(text, allowed_special, disallowed_special)
+        engine = self.engine()
+        if engine is not None:
+            _check_encodable(text)
+            if not recognised:
+                return engine.encode_ordinary(text)
+            return engine.encode(text, allowed_special=set(recognised), disallowed_special=())
         if not recognised:
-            return self.encode_ordinary(text)
+            return self._encode_python(text)
         splitter = (
             self.special_splitter
             if len(recognised) == len(self.special)
@@ -356,7 +363,7 @@ class BPETokenizer(Tokenizer):
             if i % 2:
                 ids.append(self.special_tokens[segment])
             elif segment:
-                ids.extend(self.encode_ordinary(segment))
+                ids.extend(self._encode_python(segment))
         return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
@@ -365,6 +372,14 @@ class BPETokenizer(Tokenizer):
         >>> BPETokenizer([(104, 105)]).encode_ordinary("hi!")
         [256, 33]
         """
+        engine = self.engine()
+        if engine is not None:
+            _check_encodable(text)
+            return engine.encode_ordinary(text)
+        return self._encode_python(text)
+
+    def _encode_python(self, text: str) -> list[int]:
+        """The reference encoder: split, then each piece's ids from the cache or the merges."""
         pieces = self.splitter.split(text)
         try:
             return list(chain.from_iterable(map(self._cache.__getitem__, pieces)))
@@ -377,16 +392,10 @@ class BPETokenizer(Tokenizer):
         allowed_special: SpecialSet = "none",
         disallowed_special: SpecialSet = "all",
     ) -> np.ndarray:
-        """Text → ids as a numpy array (uint16 or uint32), on the tiktoken engine when there
-        is one; special tokens as in :meth:`encode`."""
-        engine = self.engine()
-        if engine is None:
-            ids = self.encode(text, allowed_special, disallowed_special)
-        else:
-            recognised = self._recognised(text, allowed_special, disallowed_special)
-            _check_encodable(text)
-            ids = engine.encode(text, allowed_special=set(recognised), disallowed_special=())
-        return np.asarray(ids, dtype=token_dtype(self.vocab_size))
+        """Text → ids as a numpy array (uint16 or uint32); special tokens as in
+        :meth:`encode`."""
+        ids = self.encode(text, allowed_special, disallowed_special)
+        return np.fromiter(ids, dtype=token_dtype(self.vocab_size), count=len(ids))
 
     def encode_batch(
         self,
@@ -399,17 +408,7 @@ class BPETokenizer(Tokenizer):
         >>> BPETokenizer([(104, 105)]).encode_batch(["hi", "ih"])
         [[256], [105, 104]]
         """
-        texts = list(texts)
-        engine = self.engine()
-        if engine is None:
-            return [self.encode(t, allowed_special, disallowed_special) for t in texts]
-        recognised: set[str] = set()
-        for t in texts:
-            recognised.update(self._recognised(t, allowed_special, disallowed_special))
-            _check_encodable(t)
-        return engine.encode_batch(
-            texts, num_threads=1, allowed_special=recognised, disallowed_special=()
-        )
+        return [self.encode(t, allowed_special, disallowed_special) for t in texts]
 
     def encode_chunks(
         self,
@@ -529,8 +528,10 @@ class BPETokenizer(Tokenizer):
         return ids
 
     def engine(self) -> Any:
-        """The ``tiktoken.Encoding`` used for bulk encoding, or ``None`` for pure Python
-        (tiktoken missing, ``LMFORGE_BPE_ENGINE=python``, or a custom split pattern)."""
+        """The ``tiktoken.Encoding`` that encodes for this tokenizer, or ``None`` for the
+        pure-Python encoder (tiktoken missing, ``LMFORGE_BPE_ENGINE=python``, a split pattern
+        other than gpt2/gpt4, or a hand-made vocabulary tiktoken would encode differently).
+        Chosen once, on first use."""
         if not self._engine_checked:
             from lmforge.tokenizers.engines import bulk_engine
 
