@@ -31,7 +31,7 @@ import heapq
 import multiprocessing
 import os
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Iterator
 from itertools import chain, pairwise
 from typing import Any, Literal
@@ -115,22 +115,27 @@ def learn_merges(
         prv.extend(range(start, start + n - 1))
 
     counts: dict[int, int] = {}
-    where: dict[int, list[int]] = {}  # pair -> left positions (some may be stale)
+    where: defaultdict[int, list[int]] = defaultdict(list)  # pair -> left positions (some stale)
     for i, j in enumerate(nxt):
-        if j < 0:
-            continue
-        key = sym[i] << _SHIFT | sym[j]
-        counts[key] = counts.get(key, 0) + weight[i]
-        positions = where.get(key)
-        if positions is None:
-            where[key] = [i]
-        else:
-            positions.append(i)
+        if j >= 0:
+            key = sym[i] << _SHIFT | sym[j]
+            counts[key] = counts.get(key, 0) + weight[i]
+            where[key].append(i)
 
     heap = [(-c, key) for key, c in counts.items()]
     heapq.heapify(heap)
     pop, push, get = heapq.heappop, heapq.heappush, counts.get
     merges: list[tuple[int, int]] = []
+    created: list[int] = []  # the pairs the current merge made (all contain its new token)
+
+    def gain(pair: int, position: int, w: int) -> None:
+        """``pair`` now occurs at ``position`` in a word counted ``w`` times."""
+        counts[pair] = get(pair, 0) + w
+        positions = where[pair]
+        if not positions:
+            created.append(pair)
+        positions.append(position)
+
     bar = _progress_bar(num_merges, "merging pairs", progress)
     while len(merges) < num_merges and heap:
         negative, key = pop(heap)
@@ -144,38 +149,21 @@ def learn_merges(
         a, b = key >> _SHIFT, key & _MASK
         z = 256 + len(merges)
         merges.append((a, b))
-        created: list[int] = []
+        created.clear()
         for i in where.pop(key):
-            if sym[i] != a:
-                continue
             j = nxt[i]
-            if j < 0 or sym[j] != b:
-                continue
+            if sym[i] != a or j < 0 or sym[j] != b:
+                continue  # stale position: merged away since it was recorded
             w = weight[i]
             p = prv[i]
             if p >= 0:  # (s, a) becomes (s, z)
                 s = sym[p] << _SHIFT
                 counts[s | a] -= w
-                k = s | z
-                counts[k] = get(k, 0) + w
-                positions = where.get(k)
-                if positions is None:
-                    where[k] = [p]
-                    created.append(k)
-                else:
-                    positions.append(p)
+                gain(s | z, p, w)
             n = nxt[j]
             if n >= 0:  # (b, s) becomes (z, s)
-                s = sym[n]
-                counts[b << _SHIFT | s] -= w
-                k = z << _SHIFT | s
-                counts[k] = get(k, 0) + w
-                positions = where.get(k)
-                if positions is None:
-                    where[k] = [i]
-                    created.append(k)
-                else:
-                    positions.append(i)
+                counts[b << _SHIFT | sym[n]] -= w
+                gain(z << _SHIFT | sym[n], i, w)
                 prv[n] = i
             sym[i] = z
             sym[j] = -1
