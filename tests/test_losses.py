@@ -41,17 +41,18 @@ def test_fused_path_under_bfloat16_autocast_is_close():
 
 def test_models_with_a_big_vocabulary_take_the_fused_path(monkeypatch):
     torch.manual_seed(0)
-    model = build_model("lstm", vocab_size=losses.FUSED_MIN_VOCAB, n_embd=8, n_hidden=8, n_layer=1)
+    model = build_model("lstm", vocab_size=losses.FUSED_MIN_VOCAB, n_embd=8, n_hidden=8,
+                        n_layer=1)
     x = torch.randint(0, losses.FUSED_MIN_VOCAB, (2, 5))
     y = torch.randint(0, losses.FUSED_MIN_VOCAB, (2, 5))
     calls = []
     real = losses.linear_cross_entropy
-    monkeypatch.setattr(losses, "linear_cross_entropy", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(losses, "linear_cross_entropy",
+                        lambda *a: calls.append(1) or real(*a))
     fused = batch_loss(model, x, y)
     assert calls == [1]
     logits, _ = model(x)
     plain = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
     assert fused.item() == pytest.approx(plain.item(), abs=1e-5)
     assert batch_loss(model, x, y, reduction="sum").item() == pytest.approx(
-        10 * plain.item(), abs=1e-4
-    )
+        10 * plain.item(), abs=1e-4)
