@@ -664,29 +664,34 @@ def _add_tokenize_parser(sub: Any) -> None:
     p.add_argument("-o", "--output", required=True, metavar="JSON", help="tokenizer file to write")
     p.set_defaults(func=_tokenize_command("train"))
 
-    special_text = {
-        "choices": ["allow", "plain", "error"],
-        "default": "allow",
-        "help": "special-token text in the corpus: encode as special tokens (allow, default), "
-        "as plain text, or stop with an error",
-    }
-    split = {
-        "choices": ["train", "val", "test", "all"],
-        "default": "train",
-        "help": "the corpus split to read (a single file is all train; default train)",
-    }
-    p = commands.add_parser(
+    def corpus_command(name: str, **texts: str) -> argparse.ArgumentParser:
+        """A subcommand that reads a tokenizer file and (a split of) a corpus."""
+        p = commands.add_parser(name, **texts)
+        p.add_argument("tokenizer", metavar="TOKENIZER_JSON")
+        corpus_options(p)
+        p.add_argument(
+            "--split",
+            choices=["train", "val", "test", "all"],
+            default="train",
+            help="the corpus split to read (a single file is all train; default train)",
+        )
+        p.add_argument(
+            "--special-text",
+            choices=["allow", "plain", "error"],
+            default="allow",
+            help="special-token text in the corpus: encode as special tokens (allow, default), "
+            "as plain text, or stop with an error",
+        )
+        p.set_defaults(func=_tokenize_command(name))
+        return p
+
+    p = corpus_command(
         "encode",
         help="encode a corpus to a .bin file of token ids",
         description="Encode CORPUS to raw little-endian uint16 ids (uint32 when the vocabulary "
         "has more than 65,536 tokens), as nanoGPT's train.bin.",
     )
-    p.add_argument("tokenizer", metavar="TOKENIZER_JSON")
-    corpus_options(p)
     p.add_argument("-o", "--output", required=True, metavar="BIN", help="file to write")
-    p.add_argument("--split", **split)
-    p.add_argument("--special-text", **special_text)
-    p.set_defaults(func=_tokenize_command("encode"))
 
     p = commands.add_parser(
         "export",
@@ -699,17 +704,11 @@ def _add_tokenize_parser(sub: Any) -> None:
     p.add_argument("-o", "--output", required=True, metavar="PATH")
     p.set_defaults(func=_tokenize_command("export"))
 
-    p = commands.add_parser(
-        "stats",
-        help="tokens, bytes per token, longest and most frequent tokens on a corpus",
+    p = corpus_command(
+        "stats", help="tokens, bytes per token, longest and most frequent tokens on a corpus"
     )
-    p.add_argument("tokenizer", metavar="TOKENIZER_JSON")
-    corpus_options(p)
-    p.add_argument("--split", **split)
-    p.add_argument("--special-text", **special_text)
     p.add_argument("--top", type=int, default=10, help="rows in the token tables")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=_tokenize_command("stats"))
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:

@@ -15,9 +15,13 @@ from tests.tokenizers.test_bpe import EOT, HARD_TEXT
 tiktoken = pytest.importorskip("tiktoken")
 
 
-@pytest.fixture
-def python_engine(monkeypatch):
-    monkeypatch.setenv("LMFORGE_BPE_ENGINE", "python")
+@pytest.fixture(scope="module", autouse=True)
+def python_engine():
+    """lmforge's side of every comparison is the pure-Python encoder (the reference); the
+    tiktoken side is built explicitly with to_tiktoken."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LMFORGE_BPE_ENGINE", "python")
+        yield
 
 
 def corpus_text(name: str, split: str = "train") -> str:
@@ -33,6 +37,7 @@ def test_same_ids_as_lmforge_on_tinyshakespeare_and_wikitext(pattern):
     wikitext = corpus_text("wikitext-2", "val")
     tok = BPETokenizer.train(shakespeare, vocab_size=2048, pattern=pattern, special=[EOT])
     enc = to_tiktoken(tok)
+    assert tok.engine() is None
     for text in (shakespeare, wikitext):
         assert enc.encode_ordinary(text) == tok.encode(text)
     mixed = wikitext[:5000] + EOT + shakespeare[:5000]
@@ -66,7 +71,8 @@ TOKENIZER = BPETokenizer.train(markov_text(5000) + HARD_TEXT * 10, vocab_size=35
 ENCODING = to_tiktoken(TOKENIZER)
 
 
-def test_a_hand_made_vocabulary_that_tiktoken_would_encode_differently_is_refused():
+def test_a_hand_made_vocabulary_that_tiktoken_would_encode_differently_is_refused(monkeypatch):
+    monkeypatch.setenv("LMFORGE_BPE_ENGINE", "auto")
     # Merges (b, c), (a, b), (ab, c): 'abc' is [a, bc] by the merge list, but tiktoken, which
     # merges by the rank of the joined bytes, would go on to join a + bc into the token 'abc'.
     tok = BPETokenizer([(98, 99), (97, 98), (257, 99)], pattern="gpt2")
@@ -84,7 +90,9 @@ def test_a_hand_made_vocabulary_that_tiktoken_would_encode_differently_is_refuse
         to_tiktoken(tok)
 
 
-def test_custom_patterns_stay_on_python():
+def test_custom_patterns_stay_on_python(monkeypatch):
+    monkeypatch.setenv("LMFORGE_BPE_ENGINE", "auto")
+    assert BPETokenizer([], pattern="gpt2").engine() is not None
     tok = BPETokenizer([], pattern=r"\w+")
     assert tok.engine() is None
     assert "not '\\\\w+'" in tiktoken_incompatibility(tok)
@@ -111,11 +119,14 @@ def test_bulk_paths_agree_with_the_python_encoder(monkeypatch):
     slow = BPETokenizer.train(text, vocab_size=300, pattern="gpt4", special=[EOT])
     assert slow.engine() is None
     reference = slow.encode(text, allowed_special="all")
+    assert fast.encode(text, allowed_special="all") == reference
+    assert fast.encode_ordinary(text) == slow.encode_ordinary(text)
     assert fast.encode_array(text, allowed_special="all").tolist() == reference
     assert fast.encode_batch([text, "ab"], allowed_special="all") == [reference, slow.encode("ab")]
     chunks = list(chunk_text(text, size=4000))
     assert np.concatenate(list(fast.encode_chunks(chunks))).tolist() == reference
     with pytest.raises(TokenizerError, match="special token"):
-        fast.encode_array(text)
-    with pytest.raises(TokenizerError, match="lone surrogate"):
-        fast.encode_array("a\udc80")
+        fast.encode(text)
+    for tok in (fast, slow):
+        with pytest.raises(TokenizerError, match="lone surrogate"):
+            tok.encode("a\udc80")

@@ -17,6 +17,15 @@ from tests.tokenizers.test_bpe import EOT, HARD_TEXT
 
 tokenizers = pytest.importorskip("tokenizers")
 
+
+@pytest.fixture(scope="module", autouse=True)
+def python_engine():
+    """Compare with lmforge's pure-Python encoder, the reference."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LMFORGE_BPE_ENGINE", "python")
+        yield
+
+
 WORD_TEXT = (
     "The good, the bad (and) the ugly: don't stop!\n"
     "To be [or] not {to} be; that is the question?\n\n"

@@ -18,9 +18,10 @@ among pairs of equal count the smallest pair of ids wins, compared as ``(left, r
 given text, vocabulary size and pattern always give the same merges.
 
 Encoding applies the merges by rank (earliest learned first) within each piece, with a cache
-per piece; :meth:`BPETokenizer.encode_chunks` encodes a large corpus in several processes, and
-with ``tiktoken`` installed bulk encoding runs on a ``tiktoken.Encoding`` built from the same
-merges (see :mod:`lmforge.tokenizers.engines`), giving the same ids.
+per piece; :meth:`BPETokenizer.encode_chunks` encodes a large corpus in several processes. With
+``tiktoken`` installed, encoding runs on a ``tiktoken.Encoding`` built from the same merges (see
+:mod:`lmforge.tokenizers.engines`), which gives the same ids; ``LMFORGE_BPE_ENGINE=python``
+keeps the pure-Python encoder, the reference.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ import codecs
 import heapq
 import multiprocessing
 import os
-import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Iterator
 from itertools import chain, pairwise
 from typing import Any, Literal
 
 import numpy as np
+import regex
 
 from lmforge.errors import TokenizerError
 from lmforge.tokenizers.base import Tokenizer, check_ids, register_tokenizer, token_dtype
@@ -48,7 +49,7 @@ _NO_MERGE = 1 << 62  # larger than every token id
 _LONG_PIECE = 256  # pieces of at least this many bytes are merged with a heap
 _CACHE_LIMIT = 1 << 18  # pieces remembered by the encoder
 _PARALLEL_MIN_CHARS = 1 << 22  # encode_chunks uses several processes from 4M characters
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE = regex.compile("[\ud800-\udfff]")  # faster than re on wide strings
 
 SpecialSet = Literal["all", "none"] | str | Collection[str]
 
@@ -70,13 +71,13 @@ def count_pieces(
 
     splitter = Splitter(pattern)
     segments = SpecialSplitter(special).split(text)[::2]
-    if pattern in PATTERNS:
-        chunks: list[str] = [c for s in segments for c in chunk_text(s)]
-    else:
-        chunks = segments
     counts: Counter[str] = Counter()
-    for chunk in _progress(chunks, "counting pieces", progress, unit="chunk"):
-        counts.update(splitter.split(chunk))
+    bar = _progress_bar(sum(map(len, segments)), "counting pieces", progress, unit="char")
+    for segment in segments:
+        for chunk in chunk_text(segment) if pattern in PATTERNS else [segment]:
+            counts.update(splitter.split(chunk))
+            bar.update(len(chunk))
+    bar.close()
     return counts
 
 
@@ -114,22 +115,27 @@ def learn_merges(
         prv.extend(range(start, start + n - 1))
 
     counts: dict[int, int] = {}
-    where: dict[int, list[int]] = {}  # pair -> left positions (some may be stale)
+    where: defaultdict[int, list[int]] = defaultdict(list)  # pair -> left positions (some stale)
     for i, j in enumerate(nxt):
-        if j < 0:
-            continue
-        key = sym[i] << _SHIFT | sym[j]
-        counts[key] = counts.get(key, 0) + weight[i]
-        positions = where.get(key)
-        if positions is None:
-            where[key] = [i]
-        else:
-            positions.append(i)
+        if j >= 0:
+            key = sym[i] << _SHIFT | sym[j]
+            counts[key] = counts.get(key, 0) + weight[i]
+            where[key].append(i)
 
     heap = [(-c, key) for key, c in counts.items()]
     heapq.heapify(heap)
     pop, push, get = heapq.heappop, heapq.heappush, counts.get
     merges: list[tuple[int, int]] = []
+    created: list[int] = []  # the pairs the current merge made (all contain its new token)
+
+    def gain(pair: int, position: int, w: int) -> None:
+        """``pair`` now occurs at ``position`` in a word counted ``w`` times."""
+        counts[pair] = get(pair, 0) + w
+        positions = where[pair]
+        if not positions:
+            created.append(pair)
+        positions.append(position)
+
     bar = _progress_bar(num_merges, "merging pairs", progress)
     while len(merges) < num_merges and heap:
         negative, key = pop(heap)
@@ -143,38 +149,21 @@ def learn_merges(
         a, b = key >> _SHIFT, key & _MASK
         z = 256 + len(merges)
         merges.append((a, b))
-        created: list[int] = []
+        created.clear()
         for i in where.pop(key):
-            if sym[i] != a:
-                continue
             j = nxt[i]
-            if j < 0 or sym[j] != b:
-                continue
+            if sym[i] != a or j < 0 or sym[j] != b:
+                continue  # stale position: merged away since it was recorded
             w = weight[i]
             p = prv[i]
             if p >= 0:  # (s, a) becomes (s, z)
                 s = sym[p] << _SHIFT
                 counts[s | a] -= w
-                k = s | z
-                counts[k] = get(k, 0) + w
-                positions = where.get(k)
-                if positions is None:
-                    where[k] = [p]
-                    created.append(k)
-                else:
-                    positions.append(p)
+                gain(s | z, p, w)
             n = nxt[j]
             if n >= 0:  # (b, s) becomes (z, s)
-                s = sym[n]
-                counts[b << _SHIFT | s] -= w
-                k = z << _SHIFT | s
-                counts[k] = get(k, 0) + w
-                positions = where.get(k)
-                if positions is None:
-                    where[k] = [i]
-                    created.append(k)
-                else:
-                    positions.append(i)
+                counts[b << _SHIFT | sym[n]] -= w
+                gain(z << _SHIFT | sym[n], i, w)
                 prv[n] = i
             sym[i] = z
             sym[j] = -1
@@ -189,18 +178,16 @@ def learn_merges(
     return merges
 
 
-def _progress_bar(total: int, desc: str, progress: bool) -> Any:
+def _progress_bar(total: int, desc: str, progress: bool, unit: str = "merge") -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="merge", disable=None if progress else True)
-
-
-def _progress(items: list[str], desc: str, progress: bool, unit: str) -> Iterable[str]:
-    if not progress or len(items) < 2:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, unit=unit, disable=None)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=unit == "char",
+        disable=None if progress else True,
+    )
 
 
 # --- the tokenizer ---------------------------------------------------------------------------
@@ -344,8 +331,14 @@ class BPETokenizer(Tokenizer):
         14
         """
         recognised = self._recognised(text, allowed_special, disallowed_special)
+        engine = self.engine()
+        if engine is not None:
+            _check_encodable(text)
+            if not recognised:
+                return engine.encode_ordinary(text)
+            return engine.encode(text, allowed_special=set(recognised), disallowed_special=())
         if not recognised:
-            return self.encode_ordinary(text)
+            return self._encode_python(text)
         splitter = (
             self.special_splitter
             if len(recognised) == len(self.special)
@@ -356,7 +349,7 @@ class BPETokenizer(Tokenizer):
             if i % 2:
                 ids.append(self.special_tokens[segment])
             elif segment:
-                ids.extend(self.encode_ordinary(segment))
+                ids.extend(self._encode_python(segment))
         return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
@@ -365,6 +358,14 @@ class BPETokenizer(Tokenizer):
         >>> BPETokenizer([(104, 105)]).encode_ordinary("hi!")
         [256, 33]
         """
+        engine = self.engine()
+        if engine is not None:
+            _check_encodable(text)
+            return engine.encode_ordinary(text)
+        return self._encode_python(text)
+
+    def _encode_python(self, text: str) -> list[int]:
+        """The reference encoder: split, then each piece's ids from the cache or the merges."""
         pieces = self.splitter.split(text)
         try:
             return list(chain.from_iterable(map(self._cache.__getitem__, pieces)))
@@ -377,16 +378,10 @@ class BPETokenizer(Tokenizer):
         allowed_special: SpecialSet = "none",
         disallowed_special: SpecialSet = "all",
     ) -> np.ndarray:
-        """Text → ids as a numpy array (uint16 or uint32), on the tiktoken engine when there
-        is one; special tokens as in :meth:`encode`."""
-        engine = self.engine()
-        if engine is None:
-            ids = self.encode(text, allowed_special, disallowed_special)
-        else:
-            recognised = self._recognised(text, allowed_special, disallowed_special)
-            _check_encodable(text)
-            ids = engine.encode(text, allowed_special=set(recognised), disallowed_special=())
-        return np.asarray(ids, dtype=token_dtype(self.vocab_size))
+        """Text → ids as a numpy array (uint16 or uint32); special tokens as in
+        :meth:`encode`."""
+        ids = self.encode(text, allowed_special, disallowed_special)
+        return np.fromiter(ids, dtype=token_dtype(self.vocab_size), count=len(ids))
 
     def encode_batch(
         self,
@@ -399,17 +394,7 @@ class BPETokenizer(Tokenizer):
         >>> BPETokenizer([(104, 105)]).encode_batch(["hi", "ih"])
         [[256], [105, 104]]
         """
-        texts = list(texts)
-        engine = self.engine()
-        if engine is None:
-            return [self.encode(t, allowed_special, disallowed_special) for t in texts]
-        recognised: set[str] = set()
-        for t in texts:
-            recognised.update(self._recognised(t, allowed_special, disallowed_special))
-            _check_encodable(t)
-        return engine.encode_batch(
-            texts, num_threads=1, allowed_special=recognised, disallowed_special=()
-        )
+        return [self.encode(t, allowed_special, disallowed_special) for t in texts]
 
     def encode_chunks(
         self,
@@ -529,8 +514,10 @@ class BPETokenizer(Tokenizer):
         return ids
 
     def engine(self) -> Any:
-        """The ``tiktoken.Encoding`` used for bulk encoding, or ``None`` for pure Python
-        (tiktoken missing, ``LMFORGE_BPE_ENGINE=python``, or a custom split pattern)."""
+        """The ``tiktoken.Encoding`` that encodes for this tokenizer, or ``None`` for the
+        pure-Python encoder (tiktoken missing, ``LMFORGE_BPE_ENGINE=python``, a split pattern
+        other than gpt2/gpt4, or a hand-made vocabulary tiktoken would encode differently).
+        Chosen once, on first use."""
         if not self._engine_checked:
             from lmforge.tokenizers.engines import bulk_engine
 
@@ -732,7 +719,7 @@ def _check_special(special: list[str], base: int) -> None:
 def _check_encodable(text: str) -> None:
     """Raise the error the pure-Python encoder gives for a lone surrogate (tiktoken would
     silently replace it)."""
-    match = _SURROGATE.search(text)
+    match = None if text.isascii() else _SURROGATE.search(text)
     if match is not None:
         raise _surrogate_error(
             UnicodeEncodeError("utf-8", text, match.start(), match.start() + 1, "surrogate")

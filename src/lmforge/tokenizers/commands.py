@@ -135,7 +135,8 @@ def tokenize_stats(args: argparse.Namespace) -> int:
 
 
 def corpus_stats(tokenizer: Tokenizer, text: str, ids: np.ndarray, top: int) -> dict[str, Any]:
-    """Counts for ``tokenize stats``: ``ids`` is ``text`` encoded.
+    """Counts for ``tokenize stats``: ``ids`` is ``text`` encoded. The longest tokens leave
+    out special tokens.
 
     >>> corpus_stats(CharTokenizer.train("abba"), "abba", np.array([0, 1, 1, 0]), 1)["tokens"]
     4
@@ -144,7 +145,9 @@ def corpus_stats(tokenizer: Tokenizer, text: str, ids: np.ndarray, top: int) -> 
     n_tokens = len(ids)
     n_bytes = len(text.encode("utf-8"))
     lengths = np.array([len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)])
-    longest = sorted(range(tokenizer.vocab_size), key=lambda i: (-lengths[i], i))[:top]
+    specials = set(getattr(tokenizer, "special_tokens", {}).values())
+    learned = [i for i in range(tokenizer.vocab_size) if i not in specials]
+    longest = sorted(learned, key=lambda i: (-lengths[i], i))[:top]
     frequent = [int(i) for i in np.argsort(-counts, kind="stable")[:top] if counts[i] > 0]
     return {
         "chars": len(text),

@@ -1,4 +1,4 @@
-"""Fast encoding engines for BPE: a ``tiktoken.Encoding`` built from lmforge's own merges.
+"""The fast BPE encoder: a ``tiktoken.Encoding`` built from lmforge's own merges.
 
 tiktoken (optional, in the ``peers`` extra) encodes with the same vocabulary: token ``i`` has
 rank ``i``, the bytes of each token are its key, the split pattern and special tokens are
@@ -9,9 +9,9 @@ check on real corpora and on random vocabularies and texts; a tokenizer without 
 (hand-made merges) is never given to tiktoken. The pure-Python encoder stays the reference and the
 fallback.
 
-``LMFORGE_BPE_ENGINE`` picks the engine: ``auto`` (default: tiktoken when installed and the
-tokenizer is compatible), ``python`` (never tiktoken) or ``tiktoken`` (an error when it cannot
-be used).
+``LMFORGE_BPE_ENGINE`` picks the engine a BPE tokenizer encodes with: ``auto`` (default:
+tiktoken when installed and the tokenizer is compatible), ``python`` (never tiktoken) or
+``tiktoken`` (an error when it cannot be used).
 
 >>> enc = to_tiktoken(tok)           # any BPETokenizer with the gpt2 or gpt4 pattern
 >>> enc.encode_ordinary("hello") == tok.encode_ordinary("hello")
@@ -94,7 +94,7 @@ def to_tiktoken(tokenizer: BPETokenizer, name: str | None = None) -> Any:
 
 
 def bulk_engine(tokenizer: BPETokenizer) -> Any:
-    """The ``tiktoken.Encoding`` to use for bulk encoding, or ``None`` for pure Python."""
+    """The ``tiktoken.Encoding`` to encode with, or ``None`` for pure Python."""
     choice = engine_choice()
     if choice == "python":
         return None

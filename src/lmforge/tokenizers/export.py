@@ -118,13 +118,14 @@ def save_hf_tokenizer_dir(
         **roles,
     }
     if tokenizer.kind == "bpe":
+        special = tokenizer.special_tokens  # type: ignore[attr-defined]
         config["added_tokens_decoder"] = {
-            str(i): _added_token(s, i)
-            for s, i in tokenizer.special_tokens.items()  # type: ignore[attr-defined]
+            str(i): {k: v for k, v in _added_token(s, i).items() if k != "id"}
+            for s, i in special.items()
         }
-        extra = [s for s in tokenizer.special_tokens if s not in roles.values()]  # type: ignore[attr-defined]
+        extra = [s for s in special if s not in roles.values()]
         if extra:
-            config["extra_special_tokens"] = extra
+            config["additional_special_tokens"] = extra
     special_map = dict(roles)
     atomic_write_text(out / HF_CONFIG_FILE, json.dumps(config, ensure_ascii=False, indent=1))
     atomic_write_text(
