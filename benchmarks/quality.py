@@ -4,6 +4,7 @@ split with `lmforge eval`, and compare with the closed-form count models.
 
     python benchmarks/quality.py                                  # bigram and context models
     python benchmarks/quality.py --models lstm transformer        # the 600-second runs
+    python benchmarks/quality.py --models transformer-nanogpt     # nanoGPT's CPU run, as a peer
     python benchmarks/quality.py --models all
 
 Each row prints the exact command it ran. Runs go to runs/bench-<name> (replaced).
@@ -36,6 +37,19 @@ MODELS: dict[str, tuple[list[str], float, str]] = {
     "context-mean": (["--model", "context", "--context-mode", "mean"], 3.35, "< unigram 3.35"),
     "lstm": (["--model", "lstm", "--time-budget", "600"], 1.55, "≤ 1.55 in 600 s"),
     "transformer": (["--model", "transformer", "--time-budget", "600"], 1.55, "≤ 1.55 in 600 s"),
+    # the peer: nanoGPT's README CPU run (4 layers, 4 heads, 128 wide, block 64, batch 12, 2000
+    # iterations, no biases, learned positions, float32), val 1.886 after 2000 iterations
+    "transformer-nanogpt": (
+        [
+            *("--model", "transformer", "--position", "learned", "--dtype", "float32"),
+            *("--n-layer", "4", "--n-head", "4", "--n-embd", "128", "--dropout", "0.0"),
+            *("--block-size", "64", "--batch-size", "12", "--max-steps", "2000"),
+            *("--learning-rate", "1e-3", "--min-lr", "1e-4", "--warmup-steps", "100"),
+            *("--eval-interval", "250", "--eval-iters", "20"),
+        ],
+        1.90,
+        "≤ 1.90 (nanoGPT: 1.886)",
+    ),
 }
 
 

@@ -12,28 +12,25 @@ from tests.models.test_models import LADDER, make
 TEXT = "It is great to hear that you have succeeded. Ça va? 漢字 ✓\n"
 
 
-@pytest.fixture
-def char_model():
+CHAR_MODELS = {
+    "lstm": {"n_embd": 16, "n_hidden": 32, "n_layer": 1},
+    # a block of 32 so that generating 200-400 tokens slides the window many times
+    "transformer": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
+}
+
+
+@pytest.fixture(params=sorted(CHAR_MODELS))
+def char_model(request):
     tok = CharTokenizer.train(TEXT)
     torch.manual_seed(0)
-    model = build_model("lstm", vocab_size=tok.vocab_size, n_embd=16, n_hidden=32, n_layer=1)
+    model = build_model(request.param, vocab_size=tok.vocab_size, **CHAR_MODELS[request.param])
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.5)
     return model.eval(), tok
 
 
-def naive_logits(model, history: torch.Tensor) -> torch.Tensor:
-    """Re-run the whole sequence (cropped to the model's context) for the next logits."""
-    context = model.max_context
-    window = history if context is None else history[:, -context:]
-    return model(window)[0][:, -1]
-
-
-@pytest.mark.parametrize("name", sorted(LADDER))
-def test_generation_with_carried_state_matches_rerunning_the_sequence(name, monkeypatch):
-    model = make(name, vocab=30).eval().double()  # float64: no rounding noise in the check
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.5)
+def record_sampled_logits(monkeypatch) -> list[torch.Tensor]:
+    """Make generation append the processed logits of every step to the returned list."""
     seen = []
     original = generation.sample_next
 
@@ -42,15 +39,32 @@ def test_generation_with_carried_state_matches_rerunning_the_sequence(name, monk
         return original(logits, config, gen)
 
     monkeypatch.setattr(generation, "sample_next", recording)
+    return seen
+
+
+def rerun_logits(model, history: torch.Tensor, start: int) -> torch.Tensor:
+    """The next logits from running the window ``history[:, start:]`` from scratch."""
+    return model(history[:, start:])[0][:, -1]
+
+
+@pytest.mark.parametrize("name", sorted(LADDER))
+def test_generation_with_carried_state_matches_rerunning_the_window(name, monkeypatch):
+    model = make(name, vocab=30).eval().double()  # float64: no rounding noise in the check
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    seen = record_sampled_logits(monkeypatch)
     prompt = [1, 2, 3, 4, 5]
-    cfg = SampleConfig(max_new_tokens=40, temperature=1.0, seed=0, num_samples=2)
+    steps = 150  # past the Transformers' block of 64: the window slides twice
+    cfg = SampleConfig(max_new_tokens=steps, temperature=1.0, seed=0, num_samples=2)
     tokens = torch.stack(list(generate_ids(model, prompt, cfg)), dim=1)
     history = torch.tensor([prompt] * 2)
-    for step in range(40):
+    start = generation.prompt_window(len(prompt), model.max_context)
+    for step in range(steps):
         with torch.no_grad():
-            expected = naive_logits(model, history)
+            expected = rerun_logits(model, history, start)
         torch.testing.assert_close(seen[step], expected.float(), atol=1e-6, rtol=1e-6)
         history = torch.cat([history, tokens[:, step : step + 1]], dim=1)
+        start = generation.slide_window(start, history.shape[1], model.max_context)
 
 
 def test_seeded_sampling_is_reproducible(char_model):

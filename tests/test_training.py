@@ -109,11 +109,13 @@ def test_time_budget_ends_the_run_inside_the_budget(tiny_corpus, tmp_path):
     assert lrs[-1] < 0.3 * max(lrs)  # the cosine spanned the budget
 
 
-@pytest.mark.parametrize("family", ["bigram", "context", "rnn", "gru", "lstm"])
+@pytest.mark.parametrize("family", ["bigram", "context", "rnn", "gru", "lstm", "transformer"])
 def test_every_model_trains_and_lowers_the_loss(family, tiny_corpus, tmp_path):
     model = (
         {"family": family}
         if family in ("bigram", "context")
+        else {"family": family, "n_embd": 16, "n_head": 2, "n_layer": 1}
+        if family == "transformer"
         else {"family": family, "n_embd": 16, "n_hidden": 32, "n_layer": 1}
     )
     rate = {} if family in ("bigram", "context") else {"learning_rate": 1e-2}

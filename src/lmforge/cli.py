@@ -139,6 +139,15 @@ _MODEL_FLAGS: list[tuple[str, dict[str, Any]]] = [
             "help": "bigram, context, rnn, gru, lstm or transformer (default lstm)",
         },
     ),
+    (
+        "--preset",
+        {
+            "dest": "model.preset",
+            "choices": ["tiny", "small", "gpt2"],
+            "help": "transformer size and training preset (default: tiny on a CPU, small on "
+            "a GPU); size flags override it",
+        },
+    ),
     ("--n-embd", {"dest": "model.n_embd", "type": int, "help": "embedding size"}),
     ("--n-hidden", {"dest": "model.n_hidden", "type": int, "help": "recurrent state size"}),
     ("--n-layer", {"dest": "model.n_layer", "type": int, "help": "number of layers"}),
@@ -151,6 +160,14 @@ _MODEL_FLAGS: list[tuple[str, dict[str, Any]]] = [
             "action": "store_const",
             "const": True,
             "help": "share the embedding and output matrices",
+        },
+    ),
+    (
+        "--position",
+        {
+            "dest": "model.position",
+            "choices": ["learned", "rotary"],
+            "help": "transformer positions: a learned table (GPT-2) or rotary (RoPE)",
         },
     ),
     (
@@ -393,6 +410,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from lmforge.export import export_hf
+
+    out = export_hf(args.run, args.out_dir, checkpoint=args.checkpoint, overwrite=args.overwrite)
+    print(
+        f"exported {args.run} to {out}; load it with "
+        f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from lmforge.plotting import plot_run
 
@@ -541,6 +570,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=cmd_score)
 
+    p = sub.add_parser(
+        "export",
+        help="write a Transformer run as a Hugging Face transformers folder",
+        description="Write RUN as OUT_DIR with config.json, model.safetensors and tokenizer "
+        "files that transformers loads as GPT-2 (GPT2LMHeadModel, AutoTokenizer, pipeline).",
+    )
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--format", default="hf", choices=["hf"], help="hf: Hugging Face (GPT-2)")
+    _add_checkpoint_option(p)
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("plot", help="draw loss.png and embeddings.png for a run")
     p.add_argument("run", metavar="RUN")
     p.add_argument("--out", metavar="DIR", help="where to write the pictures (default: RUN)")
@@ -558,6 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the table as JSON instead")
     p.set_defaults(func=cmd_compare)
 
+    _add_tokenize_parser(sub)
+
     p = sub.add_parser("demo", help="train a small LSTM on Tiny Shakespeare and sample from it")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--seconds", type=float, default=DEMO_SECONDS, help="training time budget")
@@ -569,14 +613,117 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tokenize_command(name: str) -> Callable[[argparse.Namespace], int]:
+    """A ``tokenize`` subcommand, imported only when it runs (it never imports torch)."""
+
+    def run(args: argparse.Namespace) -> int:
+        from lmforge.tokenizers import commands
+
+        return int(getattr(commands, f"tokenize_{name}")(args))
+
+    return run
+
+
+def _add_tokenize_parser(sub: Any) -> None:
+    tokenize = sub.add_parser(
+        "tokenize",
+        help="train, apply, export or inspect a tokenizer",
+        description="Tokenizers on their own: train one on a corpus, encode a corpus to a "
+        ".bin file, export to Hugging Face, print statistics.",
+    )
+    commands = tokenize.add_subparsers(dest="tokenize_command", metavar="SUBCOMMAND")
+    commands.required = True
+
+    def corpus_options(p: argparse.ArgumentParser, nargs: str | None = None) -> None:
+        p.add_argument(
+            "corpus", metavar="CORPUS", nargs=nargs, help="a corpus name, text file or directory"
+        )
+        p.add_argument("--data-dir", help="where named corpora are looked for first")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = commands.add_parser(
+        "train",
+        help="train a tokenizer and save it as JSON",
+        description="Learn a tokenizer from CORPUS (its training text: a file's whole text, "
+        "wikitext-2's train.txt; character and word vocabularies take every split).",
+    )
+    corpus_options(p, nargs="?")  # "--special A B CORPUS" works: see tokenize_train
+    p.add_argument("--kind", choices=["bpe", "char", "word"], default="bpe")
+    p.add_argument("--vocab-size", type=int, help="BPE: 256 bytes + merges + special tokens")
+    p.add_argument(
+        "--pattern",
+        default="gpt4",
+        metavar="gpt2|gpt4|none|REGEX",
+        help="BPE pre-tokenization split (default gpt4)",
+    )
+    p.add_argument("--special", nargs="+", metavar="TOKEN", help="BPE special tokens")
+    p.add_argument("--min-freq", type=int, default=1, help="BPE: merge only pairs seen this often")
+    p.add_argument("--word-split", choices=["words", "whitespace"], default="words")
+    p.add_argument("--lowercase", action="store_true", help="word tokenizer: lowercase the text")
+    p.add_argument("--max-vocab", type=int, help="word tokenizer: keep the most frequent words")
+    p.add_argument("--unk", action="store_true", help="char/word: add <unk> for unknown tokens")
+    p.add_argument("-o", "--output", required=True, metavar="JSON", help="tokenizer file to write")
+    p.set_defaults(func=_tokenize_command("train"))
+
+    def corpus_command(name: str, **texts: str) -> argparse.ArgumentParser:
+        """A subcommand that reads a tokenizer file and (a split of) a corpus."""
+        p = commands.add_parser(name, **texts)
+        p.add_argument("tokenizer", metavar="TOKENIZER_JSON")
+        corpus_options(p)
+        p.add_argument(
+            "--split",
+            choices=["train", "val", "test", "all"],
+            default="train",
+            help="the corpus split to read (a single file is all train; default train)",
+        )
+        p.add_argument(
+            "--special-text",
+            choices=["allow", "plain", "error"],
+            default="allow",
+            help="special-token text in the corpus: encode as special tokens (allow, default), "
+            "as plain text, or stop with an error",
+        )
+        p.set_defaults(func=_tokenize_command(name))
+        return p
+
+    p = corpus_command(
+        "encode",
+        help="encode a corpus to a .bin file of token ids",
+        description="Encode CORPUS to raw little-endian uint16 ids (uint32 when the vocabulary "
+        "has more than 65,536 tokens), as nanoGPT's train.bin.",
+    )
+    p.add_argument("-o", "--output", required=True, metavar="BIN", help="file to write")
+
+    p = commands.add_parser(
+        "export",
+        help="export a tokenizer to Hugging Face",
+        description="Write a Hugging Face tokenizer.json (-o FILE.json), or a directory that "
+        "transformers' AutoTokenizer loads (-o DIR).",
+    )
+    p.add_argument("tokenizer", metavar="TOKENIZER_JSON")
+    p.add_argument("--format", choices=["hf"], default="hf", help="hf: Hugging Face (default)")
+    p.add_argument("-o", "--output", required=True, metavar="PATH")
+    p.set_defaults(func=_tokenize_command("export"))
+
+    p = corpus_command(
+        "stats", help="tokens, bytes per token, longest and most frequent tokens on a corpus"
+    )
+    p.add_argument("--top", type=int, default=10, help="rows in the token tables")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
+    _add_checkpoint_option(p)
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, mps")
+
+
+def _add_checkpoint_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint",
         default="best",
         choices=["best", "final"],
         help="best (lowest val loss, the default) or final weights",
     )
-    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, mps")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

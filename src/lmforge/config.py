@@ -21,9 +21,11 @@ A TOML file uses the same names as the flags, grouped in tables:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +186,84 @@ FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# Transformer presets (`--preset NAME`): a shape and the training settings that suit it.
+TRANSFORMER_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # trains well in minutes on a laptop CPU (the default there)
+    "tiny": {
+        "model": {
+            "n_layer": 4,
+            "n_head": 4,
+            "n_embd": 192,
+            "dropout": 0.0,
+            "bias": False,
+            "position": "rotary",
+        },
+        "train": {
+            "batch_size": 32,
+            "block_size": 128,
+            "max_steps": 2000,
+            "learning_rate": 2e-3,
+            "min_lr": 2e-4,
+            "warmup_steps": 100,
+            "weight_decay": 0.1,
+            "beta2": 0.99,
+            "eval_interval": 250,
+            "eval_iters": 20,
+        },
+    },
+    # nanoGPT's shakespeare-char model: minutes on one GPU (the default there)
+    "small": {
+        "model": {
+            "n_layer": 6,
+            "n_head": 6,
+            "n_embd": 384,
+            "dropout": 0.2,
+            "bias": False,
+            "position": "learned",
+        },
+        "train": {
+            "batch_size": 64,
+            "block_size": 256,
+            "max_steps": 5000,
+            "learning_rate": 1e-3,
+            "min_lr": 1e-4,
+            "warmup_steps": 100,
+            "weight_decay": 0.1,
+            "beta2": 0.99,
+            "eval_interval": 250,
+            "eval_iters": 200,
+        },
+    },
+    # the GPT-2 124M shape, with nanoGPT's train_gpt2 settings (for a large corpus and a GPU)
+    "gpt2": {
+        "model": {
+            "n_layer": 12,
+            "n_head": 12,
+            "n_embd": 768,
+            "dropout": 0.0,
+            "bias": True,
+            "position": "learned",
+        },
+        "train": {
+            "batch_size": 12,
+            "block_size": 1024,
+            "grad_accum": 40,
+            "max_steps": 600000,
+            "learning_rate": 6e-4,
+            "min_lr": 6e-5,
+            "warmup_steps": 2000,
+            "weight_decay": 0.1,
+            "beta2": 0.95,
+            "eval_interval": 1000,
+            "eval_iters": 200,
+        },
+    },
+}
+FAMILY_DEFAULTS["transformer"] = TRANSFORMER_PRESETS["tiny"]
+
+# On a GPU, a corpus of this many bytes or more gets the GPT-2 124M preset instead of `small`.
+GPT2_PRESET_MIN_BYTES = 100_000_000
+
 
 def resolve_config(overrides: dict[str, Any], config_file: str | Path | None = None) -> RunConfig:
     """Layer family defaults, the TOML file and ``overrides`` (same nesting as the TOML file,
@@ -200,12 +280,76 @@ def resolve_config(overrides: dict[str, Any], config_file: str | Path | None = N
     family = layered.get("model", {}).get("family", "lstm")
     defaults = FAMILY_DEFAULTS.get(family, {"model": {}, "train": {}})
     base = {"model": {"family": family, **defaults["model"]}, "train": defaults["train"]}
+    preset = layered.get("model", {}).get("preset")
+    if family == "transformer":
+        base = _merge(base, transformer_preset(preset, layered))
+    elif preset is not None:
+        raise ConfigError(f"--preset applies to --model transformer only; drop it for {family}")
     merged = _merge(base, layered)
+    merged["model"].pop("preset", None)
+    if family == "transformer":
+        _fit_block_size(merged)
     if not merged.get("out"):
         raise ConfigError("give --out RUN_DIR (or `out` in the config file) for the run's files")
     config = RunConfig.from_dict(merged)
     config.train.validate()
     return config
+
+
+def transformer_preset(name: str | None, given: dict[str, Any]) -> dict[str, Any]:
+    """The settings of Transformer preset ``name`` (``{"model": ..., "train": ...}``), with
+    bfloat16 autocast where the device runs it fast. ``name=None`` picks the preset for the
+    device and corpus of ``given`` (the options set so far): ``tiny`` on a CPU, ``small`` on a
+    GPU, ``gpt2`` on a GPU for a corpus of 100 MB or more.
+
+    >>> transformer_preset("small", {})["model"]["n_embd"]
+    384
+    """
+    from lmforge.device import fast_bfloat16, pick_device
+
+    device = pick_device(given.get("train", {}).get("device"))
+    if name is None:
+        name = auto_transformer_preset(device.type, lambda: _corpus_bytes(given))
+    if name not in TRANSFORMER_PRESETS:
+        raise ConfigError(
+            f"unknown preset {name!r}; choose one of {', '.join(TRANSFORMER_PRESETS)}"
+        )
+    layer = copy.deepcopy(TRANSFORMER_PRESETS[name])
+    if fast_bfloat16(device):
+        layer["train"]["dtype"] = "bfloat16"
+    return layer
+
+
+def auto_transformer_preset(device_type: str, corpus_bytes: Callable[[], int]) -> str:
+    """The preset `lmforge train --model transformer` uses when none is named: ``tiny`` on a
+    CPU; on an accelerator ``small``, or ``gpt2`` when ``corpus_bytes()`` (called only then)
+    is at least 100 MB.
+
+    >>> auto_transformer_preset("cpu", lambda: 10**9), auto_transformer_preset("cuda", lambda: 1)
+    ('tiny', 'small')
+    """
+    if device_type == "cpu":
+        return "tiny"
+    return "gpt2" if corpus_bytes() >= GPT2_PRESET_MIN_BYTES else "small"
+
+
+def _corpus_bytes(given: dict[str, Any]) -> int:
+    from lmforge.data.corpora import resolve_corpus
+
+    data = given.get("data", {})
+    corpus = resolve_corpus(data.get("corpus", DataConfig.corpus), data.get("data_dir"))
+    return sum(path.stat().st_size for paths in corpus.splits.values() for path in paths)
+
+
+def _fit_block_size(merged: dict[str, Any]) -> None:
+    """A Transformer's context is the training window (``--block-size``) unless set apart."""
+    block = merged["train"].get("block_size", TrainConfig.block_size)
+    model_block = merged["model"].setdefault("block_size", block)
+    if model_block < block:
+        raise ConfigError(
+            f"the training window --block-size {block} is longer than the model's context "
+            f"block_size {model_block}; shorten the window or lengthen [model] block_size"
+        )
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -1,9 +1,17 @@
 """Generation and scoring, one loop for every model.
 
 Generation warms the model up on the prompt once, then feeds one sampled token at a time while
-carrying the model's state (hidden state, running sum or key/value cache). A model with a
-finite context (the Transformer) sees the prompt cropped to its end, and once the window is
-full it slides: the last ``max_context`` tokens are re-read from scratch.
+carrying the model's state (hidden state, running sum or key/value cache).
+
+A model with a finite context ``max_context`` (the Transformer's block size) sees a long prompt
+cropped to its last ``max_context`` tokens. Once its window is full, generation slides it
+instead of failing: the window restarts on the last ``max_context - max_context // 4`` tokens,
+which are re-read once from scratch to rebuild the cache, and caching goes on from there (see
+:func:`slide_window`). Every token is therefore predicted from between 3/4 of the block and the
+whole block of context, exactly as a from-scratch run on that window would predict it, and the
+cache stays useful past the block size: a slide costs one forward pass over 3/4 of a block every
+``max_context // 4 + 1`` tokens, where re-reading the last ``max_context`` tokens at every step
+(nanoGPT's cache-less loop) costs one per token.
 
 >>> cfg = SampleConfig(max_new_tokens=50, temperature=0.8, top_k=40, seed=1)
 >>> generate(model, tokenizer, "ROMEO:", cfg)
@@ -130,11 +138,42 @@ def _model_device(model: LanguageModel) -> torch.device:
     return torch.device("cpu")
 
 
+def slide_window(start: int, length: int, max_context: int | None) -> int:
+    """Where the context window begins once the history has ``length`` tokens, if it began at
+    ``start`` (the window is ``history[start:length]``). The one sliding policy of generation,
+    shared by the cached loop and by any from-scratch recomputation it is checked against:
+    the window keeps its start while it fits in ``max_context``; when it would not, it restarts
+    on the last ``max_context - max_context // 4`` tokens. ``max_context=None``: never slides.
+
+    >>> slide_window(0, 256, 256), slide_window(0, 257, 256), slide_window(65, 321, 256)
+    (0, 65, 65)
+    >>> slide_window(65, 322, 256), slide_window(0, 10**6, None)
+    (130, 0)
+    """
+    if max_context is None or length - start <= max_context:
+        return start
+    return length - (max_context - max_context // 4)
+
+
+def prompt_window(length: int, max_context: int | None) -> int:
+    """Where the context window of a prompt of ``length`` tokens begins: a prompt longer than
+    the model's context is cropped to its last ``max_context`` tokens.
+
+    >>> prompt_window(300, 256), prompt_window(10, 256), prompt_window(300, None)
+    (44, 0, 0)
+    """
+    return 0 if max_context is None else max(0, length - max_context)
+
+
 @torch.inference_mode()
 def generate_ids(
     model: LanguageModel, ids: Sequence[int], config: SampleConfig
 ) -> Iterator[torch.Tensor]:
-    """Yield the next token of every sample, [num_samples], for ``max_new_tokens`` steps."""
+    """Yield the next token of every sample, [num_samples], for ``max_new_tokens`` steps.
+
+    The model reads the (cropped) prompt once, then one token per step with its state; when a
+    finite context is full the window slides (:func:`slide_window`) and is re-read once.
+    """
     config.validate()
     device = _model_device(model)
     was_training = model.training
@@ -145,29 +184,34 @@ def generate_ids(
     else:
         generator.seed()
     context = model.max_context
-    history = torch.tensor([list(ids)] * config.num_samples, dtype=torch.long, device=device)
+    n = len(ids)
+    history = torch.empty(
+        config.num_samples, n + config.max_new_tokens, dtype=torch.long, device=device
+    )
+    history[:, :n] = torch.tensor(list(ids), dtype=torch.long, device=device)
     seen = None
     if config.repetition_penalty != 1.0:
         vocab = _vocab_size(model)
         seen = torch.zeros(config.num_samples, vocab, dtype=torch.bool, device=device)
-        seen.scatter_(1, history, True)
+        seen.scatter_(1, history[:, :n], True)
     try:
-        window = history if context is None else history[:, -context:]
-        logits, state = model(window)
-        filled = window.shape[1]
+        start = prompt_window(n, context)
+        logits, state = model(history[:, start:n])
         for step in range(config.max_new_tokens):
             next_ids = sample_next(process_logits(logits[:, -1], config, seen), config, generator)
             yield next_ids
             if step == config.max_new_tokens - 1:
                 break
-            history = torch.cat([history, next_ids[:, None]], dim=1)
+            history[:, n] = next_ids
+            n += 1
             if seen is not None:
                 seen.scatter_(1, next_ids[:, None], True)
-            if context is not None and filled >= context:
-                logits, state = model(history[:, -context:])  # slide the window
+            new_start = slide_window(start, n, context)
+            if new_start != start:  # the window is full: slide it and rebuild the state
+                start = new_start
+                logits, state = model(history[:, start:n])
             else:
-                logits, state = model(next_ids[:, None], state)
-                filled += 1
+                logits, state = model(history[:, n - 1 : n], state)
     finally:
         model.train(was_training)
 

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -19,8 +21,11 @@ def test_chunks_rejoin_and_encode_like_the_whole_text():
     pieces = list(chunk_text(text, size=1000))
     assert "".join(pieces) == text
     assert len(pieces) > 10
-    for piece in pieces[:-1]:
-        assert piece.endswith("\n") and not piece[-2].isspace()
+    for piece, following in itertools.pairwise(pieces):
+        assert piece.endswith("\n")
+        between_words = not piece[-2].isspace() and not following[0].isspace()
+        before_a_spaced_word = following[0] == " " and not following[1].isspace()
+        assert between_words or before_a_spaced_word
     word = WordTokenizer.train(text)
     assert [i for p in pieces for i in word.encode(p)] == word.encode(text)
 

@@ -26,6 +26,17 @@ LADDER = {
         "n_layer": 1,
         "tie_weights": True,
     },
+    "transformer": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 64, "dropout": 0.1},
+    "transformer-rotary": {
+        "family": "transformer",
+        "n_layer": 2,
+        "n_head": 4,
+        "n_embd": 32,
+        "block_size": 64,
+        "position": "rotary",
+        "bias": False,
+        "tie_weights": False,
+    },
 }
 
 

@@ -106,9 +106,10 @@ def held_out_cut(text: str, val_fraction: float) -> int:
 def chunk_text(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
     """Cut ``text`` into pieces of about ``size`` characters for encoding.
 
-    Each cut falls right after a line break that stands between two non-space characters, where
-    no tokenizer here (char, word, the GPT-2/GPT-4 split patterns) merges across, so encoding
-    the pieces gives the same tokens as encoding the whole text.
+    Each cut falls right after a line break that stands between two non-space characters, or
+    that is followed by one space and a non-space character, where no tokenizer here (char,
+    word, the GPT-2/GPT-4 split patterns) merges across, so encoding the pieces gives the same
+    tokens as encoding the whole text.
 
     >>> list(chunk_text("ab\\ncd\\nef", size=3))
     ['ab\\n', 'cd\\n', 'ef']
@@ -126,11 +127,19 @@ def chunk_text(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
 
 
 def _safe_cut(text: str, position: int, n: int) -> int | None:
+    """The first safe cut at or after ``position``: right after a line break that has a
+    non-space character on both sides, or that is followed by one space and a non-space
+    character (as each line of WikiText is), where the GPT-2 and GPT-4 patterns end a piece
+    too."""
     while True:
         newline = text.find("\n", position, n - 1)
         if newline < 0:
             return None
-        if newline > 0 and not text[newline - 1].isspace() and not text[newline + 1].isspace():
+        after = text[newline + 1]
+        if not after.isspace():
+            if newline > 0 and not text[newline - 1].isspace():
+                return newline + 1
+        elif after == " " and newline + 2 < n and not text[newline + 2].isspace():
             return newline + 1
         position = newline + 1
 

@@ -14,10 +14,12 @@ from lmforge.tokenizers.base import (
     tokenizer_kinds,
     train_tokenizer,
 )
+from lmforge.tokenizers.bpe import BPETokenizer
 from lmforge.tokenizers.char import CharTokenizer
 from lmforge.tokenizers.word import WordTokenizer
 
 __all__ = [
+    "BPETokenizer",
     "CharTokenizer",
     "Tokenizer",
     "WordTokenizer",

@@ -29,9 +29,9 @@ import torch
 from tqdm import tqdm
 
 from lmforge import __version__
-from lmforge.config import RunConfig, TokenizerConfig, TrainConfig
-from lmforge.data.corpora import Corpus, resolve_corpus
-from lmforge.data.stream import TokenStream, WindowSampler, encode_corpus, split_texts
+from lmforge.config import RunConfig, TrainConfig
+from lmforge.data.corpora import resolve_corpus
+from lmforge.data.stream import TokenStream, WindowSampler, encode_corpus
 from lmforge.device import autocast, resolve_dtype
 from lmforge.errors import ConfigError, RunError, TrainingError
 from lmforge.evaluation import mean_loss
@@ -49,7 +49,8 @@ from lmforge.runs import (
     read_run_config,
     save_weights,
 )
-from lmforge.tokenizers.base import Tokenizer, load_tokenizer, train_tokenizer
+from lmforge.tokenizers.base import Tokenizer, load_tokenizer
+from lmforge.tokenizers.build import build_tokenizer
 from lmforge.training import distributed
 from lmforge.training.checkpoint import MetricsLog, load_trainer_state, save_trainer_state
 from lmforge.training.distributed import DistributedInfo
@@ -70,52 +71,15 @@ class TrainResult:
     main_process: bool = True
 
 
-def build_tokenizer(config: TokenizerConfig, corpus: Corpus, val_fraction: float) -> Tokenizer:
-    """The run's tokenizer: loaded from ``config.file``, or trained on the corpus.
-
-    Character and word vocabularies are built from all of the corpus's text (so held-out text
-    has no unknown tokens, as in nanoGPT and PyTorch's word-language-model example); BPE merges
-    are learned from the training split only.
-    """
-    if config.file:
-        return load_tokenizer(config.file)
-    if config.kind == "char":
-        return train_tokenizer("char", _all_text(corpus), unk=config.unk)
-    if config.kind == "word":
-        return train_tokenizer(
-            "word",
-            _all_text(corpus),
-            split=config.word_split,
-            lowercase=config.lowercase,
-            min_freq=config.min_freq,
-            max_vocab=config.max_vocab,
-            unk=config.unk,
-        )
-    if config.kind == "bpe":
-        if config.vocab_size is None:
-            raise ConfigError("--tokenizer bpe needs --vocab-size N (for example 4096)")
-        return train_tokenizer(
-            "bpe",
-            split_texts(corpus, val_fraction)["train"],
-            vocab_size=config.vocab_size,
-            pattern=config.pattern,
-            special=list(config.special),
-            min_frequency=config.min_freq,
-        )
-    raise ConfigError(f"unknown tokenizer {config.kind!r}; choose char, word or bpe")
-
-
-def _all_text(corpus: Corpus) -> str:
-    return "".join(corpus.read(split) for split in corpus.splits)
-
-
 def prepare_data(
     config: RunConfig, progress: bool = True, tokenizer: Tokenizer | None = None
 ) -> tuple[Tokenizer, TokenStream]:
     """Resolve the corpus, build (or take) the tokenizer and encode the corpus (cached)."""
     corpus = resolve_corpus(config.data.corpus, config.data.data_dir)
     if tokenizer is None:
-        tokenizer = build_tokenizer(config.tokenizer, corpus, config.data.val_fraction)
+        tokenizer = build_tokenizer(
+            config.tokenizer, corpus, config.data.val_fraction, progress=progress
+        )
     stream = encode_corpus(
         corpus, tokenizer, val_fraction=config.data.val_fraction, progress=progress
     )

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# nanoGPT's shakespeare-char run on one GPU: 6 layers, 6 heads, 384 wide, block 256, batch 64,
+# dropout 0.2, 5000 iterations, bfloat16 autocast and torch.compile (the `small` preset).
+# nanoGPT's anchor: val loss 1.4697 in about 3 minutes on an A100.
+#
+#     bash benchmarks/gpu_shakespeare.sh [RUN_DIR]
+#
+# The GPU machine may be offline: point LMFORGE_DATA_DIR at a folder holding
+# tinyshakespeare/input.txt (and install a CUDA build of torch there first).
+# Prints the wall time of training, the trainer's last validation estimate (200 batches) and
+# the exact validation loss of `lmforge eval`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LMFORGE=${LMFORGE:-.venv/bin/lmforge}
+OUT=${1:-runs/gpu-shakespeare}
+
+start=$(date +%s.%N)
+$LMFORGE train --corpus tinyshakespeare --model transformer --preset small --position learned \
+    --device cuda --dtype bfloat16 --compile --max-steps 5000 --out "$OUT" --overwrite --quiet
+end=$(date +%s.%N)
+echo "wall time: $(python3 -c "print(f'{$end - $start:.1f}')") s (whole command, compile included)"
+tail -n 1 "$OUT/metrics.jsonl"
+for checkpoint in final best; do
+    echo "$checkpoint: $($LMFORGE eval "$OUT" --checkpoint "$checkpoint" --json)"
+done

@@ -1,0 +1,152 @@
+"""Export to Hugging Face: transformers loads the folder as GPT-2 and computes the same logits."""
+
+import pytest
+import torch
+
+from lmforge.cli import main
+from lmforge.errors import LmforgeError
+from lmforge.export import ExportError, export_hf, gpt2_state_dict, write_hf_model
+from lmforge.models import build_model
+from lmforge.runs import load_run
+
+
+def random_transformer(**options):
+    torch.manual_seed(0)
+    model = build_model(
+        "transformer", vocab_size=37, n_layer=2, n_head=2, n_embd=16, block_size=24, **options
+    )
+    for p in model.parameters():  # far from the initialisation, so every weight matters
+        torch.nn.init.normal_(p, std=0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("options", [{}, {"bias": False}, {"tie_weights": False}, {"dropout": 0.1}])
+def test_transformers_computes_the_same_logits(tmp_path, options):
+    transformers = pytest.importorskip("transformers")
+    model = random_transformer(**options)
+    write_hf_model(model, tmp_path)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    assert hf.config.n_positions == 24 and hf.config.vocab_size == 37
+    idx = torch.randint(0, 37, (3, 24))
+    with torch.no_grad():
+        ours, _ = model(idx)
+        theirs = hf(idx).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+
+
+def test_the_state_dict_has_gpt2_names_and_layouts():
+    model = random_transformer(bias=False)
+    tensors = gpt2_state_dict(model)
+    assert tensors["transformer.h.1.attn.c_attn.weight"].shape == (16, 48)  # Conv1D: [in, out]
+    assert tensors["transformer.h.0.mlp.c_proj.weight"].shape == (64, 16)
+    assert torch.count_nonzero(tensors["transformer.h.0.mlp.c_fc.bias"]) == 0
+    assert tensors["transformer.h.0.mlp.c_fc.bias"].shape == (64,)
+    assert "lm_head.weight" not in tensors  # tied to transformer.wte.weight
+    assert "lm_head.weight" in gpt2_state_dict(random_transformer(tie_weights=False))
+
+
+def test_models_gpt2_cannot_represent_are_refused(tmp_path):
+    with pytest.raises(ExportError, match="train with --position learned"):
+        write_hf_model(random_transformer(position="rotary"), tmp_path)
+    lstm = build_model("lstm", vocab_size=10, n_embd=4, n_hidden=4, n_layer=1)
+    with pytest.raises(ExportError, match="this run is a lstm model"):
+        gpt2_state_dict(lstm)
+
+
+def train_tiny_run(run, corpus, *flags):
+    code = main(
+        [
+            "train",
+            "--corpus",
+            str(corpus),
+            "--model",
+            "transformer",
+            "--n-layer",
+            "1",
+            "--n-head",
+            "2",
+            "--n-embd",
+            "16",
+            "--block-size",
+            "16",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "4",
+            "--eval-interval",
+            "4",
+            "--eval-iters",
+            "1",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            str(run),
+            *flags,
+        ]
+    )
+    assert code == 0
+
+
+TOKENIZER_FLAGS = {
+    "char": [],
+    "word": ["--tokenizer", "word"],
+    "bpe": ["--tokenizer", "bpe", "--vocab-size", "300", "--special", "<|endoftext|>"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TOKENIZER_FLAGS))
+def test_transformers_loads_the_exported_run_as_it_is(tmp_path, verse_corpus, kind):
+    transformers = pytest.importorskip("transformers")
+    run, out = tmp_path / "run", tmp_path / "hf"
+    train_tiny_run(run, verse_corpus, "--position", "learned", *TOKENIZER_FLAGS[kind])
+    assert main(["export", str(run), "--format", "hf", str(out)]) == 0
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= {p.name for p in out.iterdir()}
+    lm = load_run(run, device="cpu")
+    text = "to be or not to be, that is the question\nall that glitters"
+    ids = lm.tokenizer.encode(text)
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert tokenizer(text)["input_ids"] == ids
+    model = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    window = torch.tensor([ids[-16:]])
+    with torch.no_grad():
+        theirs = model(window).logits
+        ours, _ = lm.model(window)
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+    if kind == "bpe":
+        eot = lm.tokenizer.special_tokens["<|endoftext|>"]
+        assert model.config.eos_token_id == eot == tokenizer.eos_token_id
+
+    generator = transformers.pipeline("text-generation", model=str(out), device="cpu")
+    result = generator("to be", max_new_tokens=8, do_sample=False)
+    generated = result[0]["generated_text"]
+    assert generated.startswith("to be") and len(generated) > len("to be")
+
+
+def test_export_command_refuses_to_clobber(tmp_path, tiny_corpus, capsys):
+    pytest.importorskip("transformers")
+    run, out = tmp_path / "run", tmp_path / "hf"
+    train_tiny_run(run, tiny_corpus, "--position", "learned")
+    assert main(["export", str(run), str(out)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run), str(out)]) == 2
+    assert "is not empty; choose another directory or pass --overwrite" in capsys.readouterr().err
+    assert main(["export", str(run), str(out), "--overwrite"]) == 0
+
+
+def test_exporting_a_rotary_run_names_the_fix(tmp_path, tiny_corpus, capsys):
+    run = tmp_path / "run"
+    train_tiny_run(run, tiny_corpus, "--position", "rotary")
+    capsys.readouterr()
+    assert main(["export", str(run), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lmforge: error: GPT-2 has learned positions") and err.count("\n") == 1
+    with pytest.raises(LmforgeError):
+        export_hf(run, tmp_path / "hf2")
