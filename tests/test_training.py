@@ -180,3 +180,17 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(
     assert all(torch.isfinite(p).all() for p in run.model.parameters())
     state = torch.load(tmp_path / "run" / "trainer_state.pt", weights_only=True)
     assert state["step"] == 20
+
+
+def test_auto_dtype_is_bfloat16_only_where_the_device_has_it_natively(monkeypatch):
+    from lmforge.device import resolve_dtype
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert resolve_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("float16", cpu) == torch.float16
+    with pytest.raises(ConfigError, match="unknown dtype 'half'"):
+        resolve_dtype("half", cpu)

@@ -297,15 +297,15 @@ def resolve_config(overrides: dict[str, Any], config_file: str | Path | None = N
 
 
 def transformer_preset(name: str | None, given: dict[str, Any]) -> dict[str, Any]:
-    """The settings of Transformer preset ``name`` (``{"model": ..., "train": ...}``), with
-    bfloat16 autocast where the device runs it fast. ``name=None`` picks the preset for the
+    """The settings of Transformer preset ``name`` (``{"model": ..., "train": ...}``).
+    ``name=None`` picks the preset for the
     device and corpus of ``given`` (the options set so far): ``tiny`` on a CPU, ``small`` on a
     GPU, ``gpt2`` on a GPU for a corpus of 100 MB or more.
 
     >>> transformer_preset("small", {})["model"]["n_embd"]
     384
     """
-    from lmforge.device import fast_bfloat16, pick_device
+    from lmforge.device import pick_device
 
     device = pick_device(given.get("train", {}).get("device"))
     if name is None:
@@ -314,10 +314,7 @@ def transformer_preset(name: str | None, given: dict[str, Any]) -> dict[str, Any
         raise ConfigError(
             f"unknown preset {name!r}; choose one of {', '.join(TRANSFORMER_PRESETS)}"
         )
-    layer = copy.deepcopy(TRANSFORMER_PRESETS[name])
-    if fast_bfloat16(device):
-        layer["train"]["dtype"] = "bfloat16"
-    return layer
+    return copy.deepcopy(TRANSFORMER_PRESETS[name])
 
 
 def auto_transformer_preset(device_type: str, corpus_bytes: Callable[[], int]) -> str:

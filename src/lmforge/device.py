@@ -68,26 +68,6 @@ def resolve_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
     return DTYPES[name]
 
 
-def fast_bfloat16(device: torch.device) -> bool:
-    """Whether bfloat16 autocast speeds training up on ``device``: a CUDA GPU that supports
-    it, or a CPU with native bfloat16 instructions (AVX512-BF16 or AMX); elsewhere bfloat16 is
-    emulated and slower than float32.
-
-    >>> fast_bfloat16(torch.device("mps"))
-    False
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as f:
-                flags = f.read()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    return False
-
-
 @contextlib.contextmanager
 def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
     """Mixed precision for ``dtype`` on ``device``; nothing for float32."""
