@@ -116,12 +116,12 @@ class NanoBlock(nn.Module):
     def __init__(self, n_embd: int, n_head: int) -> None:
         super().__init__()
         self.n_head = n_head
-        self.ln_1 = nn.LayerNorm(n_embd)
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd)
-        self.c_proj = nn.Linear(n_embd, n_embd)
-        self.ln_2 = nn.LayerNorm(n_embd)
-        self.c_fc = nn.Linear(n_embd, 4 * n_embd)
-        self.mlp_proj = nn.Linear(4 * n_embd, n_embd)
+        self.ln_1 = nn.LayerNorm(n_embd, bias=False)  # nanoGPT's train.py: bias = False
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=False)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=False)
+        self.ln_2 = nn.LayerNorm(n_embd, bias=False)
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=False)
+        self.mlp_proj = nn.Linear(4 * n_embd, n_embd, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
@@ -140,7 +140,7 @@ class NanoGPT(nn.Module):
         self.wte = nn.Embedding(vocab, n_embd)
         self.wpe = nn.Embedding(block, n_embd)
         self.h = nn.ModuleList(NanoBlock(n_embd, n_head) for _ in range(n_layer))
-        self.ln_f = nn.LayerNorm(n_embd)
+        self.ln_f = nn.LayerNorm(n_embd, bias=False)
         self.lm_head = nn.Linear(n_embd, vocab, bias=False)
         self.lm_head.weight = self.wte.weight
         self.apply(self._init)
@@ -228,7 +228,15 @@ TRANSFORMER_RUN = {
     "out": "/tmp/lmforge-bench-gpt",
     "data": {"corpus": "tinyshakespeare"},
     "tokenizer": {"kind": "char"},
-    "model": {"family": "transformer", "n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.0},
+    "model": {
+        "family": "transformer",
+        "n_layer": 4,
+        "n_head": 4,
+        "n_embd": 128,
+        "dropout": 0.0,
+        "position": "learned",  # as nanoGPT
+        "bias": False,
+    },
     "train": {
         "batch_size": 12,
         "block_size": 64,
@@ -310,6 +318,10 @@ def bench_transformer(args: argparse.Namespace) -> None:
             f"lmforge default ({defaults['dtype']}{', compile' if defaults['compile'] else ''})",
             lmforge_step(with_train(TRANSFORMER_RUN, **defaults))[0],
         )
+    )
+    rotary = {**TRANSFORMER_RUN, "model": {**TRANSFORMER_RUN["model"], "position": "rotary"}}
+    rows.append(
+        ("lmforge default, rotary positions", lmforge_step(with_train(rotary, **defaults))[0])
     )
     timed = [(name, time_steps(fn, args.warmup, args.steps, args.repeats)) for name, fn in rows]
     report(

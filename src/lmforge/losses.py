@@ -47,9 +47,25 @@ def _blockwise(
     grad_bias = None
     if with_grads and bias is not None:
         grad_bias = torch.zeros_like(bias, dtype=exact)
+    low_precision = compute_dtype in (torch.bfloat16, torch.float16)
     for start in range(0, n, rows):
         h = h_all[start : start + rows]
         t = targets[start : start + rows]
+        if low_precision and with_grads:
+            # Autocast precision, as nn.Linear + cross_entropy under autocast would have: the
+            # logits stay in the low dtype and one softmax kernel (float32 inside) turns them
+            # into probabilities, which are also the gradient's operand.
+            logits = h @ w.t()
+            if bias is not None:
+                logits += bias.to(compute_dtype)
+            probs = torch.softmax(logits, dim=-1)
+            total += -torch.log(probs.gather(1, t[:, None]).float()).sum()
+            probs[torch.arange(len(t), device=t.device), t] -= 1.0
+            grad_hidden[start : start + rows] = ((probs @ w).to(exact) / n).to(hidden.dtype)
+            grad_weight.add_(probs.t() @ h)
+            if grad_bias is not None:
+                grad_bias += probs.sum(0, dtype=exact)
+            continue
         logits = (h @ w.t()).to(exact)
         if bias is not None:
             logits += bias.to(exact)
@@ -68,6 +84,10 @@ def _blockwise(
         grad_weight.add_(g.t() @ h)
         if grad_bias is not None:
             grad_bias += probs.sum(0)
+    if with_grads and low_precision:  # the low-precision blocks left out the 1/n
+        grad_weight.div_(n)
+        if grad_bias is not None:
+            grad_bias.div_(n)
     return total, grad_hidden, grad_weight, grad_bias
 
 

@@ -176,16 +176,27 @@ class CausalSelfAttention(nn.Module):
         k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
         if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=t > 1)
+            y = attention(q, k, v, dropout_p=dropout, is_causal=t > 1)
         elif t == 1:  # one new token sees every cached one
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+            y = attention(q, k, v, dropout_p=dropout)
         else:  # several new tokens after a cache: causal with an offset
             keys = torch.arange(past + t, device=x.device)
             queries = torch.arange(past, past + t, device=x.device)
             mask = keys[None, :] <= queries[:, None]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            y = attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(b, t, c)
         return self.resid_dropout(self.c_proj(y))
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **options: object) -> torch.Tensor:
+    """``F.scaled_dot_product_attention``. Training on a CPU in bfloat16, it runs in float32:
+    PyTorch's CPU flash-attention backward is ~5× slower in bfloat16 than in float32, while the
+    attention is a small share of the arithmetic (the matrix products stay in bfloat16)."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled():
+        with torch.autocast("cpu", enabled=False):
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **options)
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, **options)
 
 
 class MLP(nn.Module):
