@@ -18,6 +18,7 @@ Two tables, batch 1, tokens per second (medians of ``--repeats`` runs, torch thr
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import tempfile
@@ -141,11 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = baby_table(args.new_tokens, args.repeats)
         print_table("baby: 6 layers, 6 heads, 384 wide, block 256, vocabulary 65", rows)
     if args.only in (None, "gpt2"):
-        try:
-            rows, agree = gpt2_table(args.new_tokens, args.repeats)
-        except ImportError:
+        if importlib.util.find_spec("transformers") is None:
             print("\ngpt2: skipped (install transformers: pip install -e '.[peers]')")
         else:
+            rows, agree = gpt2_table(args.new_tokens, args.repeats)
             print_table("gpt2: GPT-2 124M shape, greedy, exported weights", rows)
             print(f"greedy tokens equal to transformers': {agree:.0%}")
     return 0

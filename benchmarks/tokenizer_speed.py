@@ -18,8 +18,8 @@ Python that imports ``tokenizers`` and trains), so start-up and imports count. E
 in-process over the whole corpus text, with a fresh lmforge tokenizer (empty cache) each time.
 Figures are medians of ``--repeats`` runs.
 
-    python benchmarks/tokenizers.py                 # about two minutes
-    python benchmarks/tokenizers.py --big           # + peak memory training on a 100 MB corpus
+    python benchmarks/tokenizer_speed.py                 # about two minutes
+    python benchmarks/tokenizer_speed.py --big           # + peak memory training on a 100 MB corpus
 """
 
 from __future__ import annotations
