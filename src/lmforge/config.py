@@ -298,17 +298,17 @@ def resolve_config(overrides: dict[str, Any], config_file: str | Path | None = N
 
 def transformer_preset(name: str | None, given: dict[str, Any]) -> dict[str, Any]:
     """The settings of Transformer preset ``name`` (``{"model": ..., "train": ...}``).
-    ``name=None`` picks the preset for the
-    device and corpus of ``given`` (the options set so far): ``tiny`` on a CPU, ``small`` on a
-    GPU, ``gpt2`` on a GPU for a corpus of 100 MB or more.
+    ``name=None`` picks the preset for the device and corpus of ``given`` (the options set so
+    far): ``tiny`` on a CPU, ``small`` on a GPU, ``gpt2`` on a GPU for a corpus of 100 MB or
+    more.
 
     >>> transformer_preset("small", {})["model"]["n_embd"]
     384
     """
-    from lmforge.device import pick_device
-
-    device = pick_device(given.get("train", {}).get("device"))
     if name is None:
+        from lmforge.device import pick_device
+
+        device = pick_device(given.get("train", {}).get("device"))
         name = auto_transformer_preset(device.type, lambda: _corpus_bytes(given))
     if name not in TRANSFORMER_PRESETS:
         raise ConfigError(

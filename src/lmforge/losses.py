@@ -48,6 +48,7 @@ def _blockwise(
     if with_grads and bias is not None:
         grad_bias = torch.zeros_like(bias, dtype=exact)
     low_precision = compute_dtype in (torch.bfloat16, torch.float16)
+    everything = torch.arange(rows, device=targets.device)
     for start in range(0, n, rows):
         h = h_all[start : start + rows]
         t = targets[start : start + rows]
@@ -60,31 +61,26 @@ def _blockwise(
                 logits += bias.to(compute_dtype)
             probs = torch.softmax(logits, dim=-1)
             total += -torch.log(probs.gather(1, t[:, None]).float()).sum()
-            probs[torch.arange(len(t), device=t.device), t] -= 1.0
-            grad_hidden[start : start + rows] = ((probs @ w).to(exact) / n).to(hidden.dtype)
-            grad_weight.add_(probs.t() @ h)
-            if grad_bias is not None:
-                grad_bias += probs.sum(0, dtype=exact)
-            continue
-        logits = (h @ w.t()).to(exact)
-        if bias is not None:
-            logits += bias.to(exact)
-        picked = logits.gather(1, t[:, None]).squeeze(1)
-        if not with_grads:
-            total += (torch.logsumexp(logits, dim=-1) - picked).sum()
-            continue
-        top = logits.amax(dim=-1, keepdim=True)
-        probs = logits.sub_(top).exp_()  # one exp per logit, in the block's own memory
-        norm = probs.sum(dim=-1)
-        total += (top.squeeze(1) + norm.log() - picked).sum()
-        probs.div_(norm[:, None] * n)
-        probs[torch.arange(len(t), device=t.device), t] -= 1.0 / n
-        g = probs.to(compute_dtype)
-        grad_hidden[start : start + rows] = (g @ w).to(hidden.dtype)
-        grad_weight.add_(g.t() @ h)
+        else:
+            logits = (h @ w.t()).to(exact)
+            if bias is not None:
+                logits += bias.to(exact)
+            picked = logits.gather(1, t[:, None]).squeeze(1)
+            if not with_grads:
+                total += (torch.logsumexp(logits, dim=-1) - picked).sum()
+                continue
+            top = logits.amax(dim=-1, keepdim=True)
+            probs = logits.sub_(top).exp_()  # one exp per logit, in the block's own memory
+            norm = probs.sum(dim=-1)
+            total += (top.squeeze(1) + norm.log() - picked).sum()
+            probs.div_(norm[:, None])
+        # d(sum of losses)/d logits = softmax - one-hot; the 1/n of the mean comes after
+        probs[everything[: len(t)], t] -= 1.0
+        grad_hidden[start : start + rows] = ((probs @ w).to(exact) / n).to(hidden.dtype)
+        grad_weight.add_(probs.t() @ h)
         if grad_bias is not None:
-            grad_bias += probs.sum(0)
-    if with_grads and low_precision:  # the low-precision blocks left out the 1/n
+            grad_bias += probs.sum(0, dtype=exact)
+    if with_grads:
         grad_weight.div_(n)
         if grad_bias is not None:
             grad_bias.div_(n)
@@ -130,7 +126,8 @@ def linear_cross_entropy(
 ) -> torch.Tensor:
     """Mean cross-entropy of ``hidden @ weight.T + bias`` [N, I] against ``targets`` [N],
     without materialising the logits. Matrix products run in the autocast dtype when autocast
-    is on; the softmax and the loss are always float32."""
+    is on (the softmax then reads low-precision logits but sums in float32); the loss is
+    always float32 or wider."""
     device_type = hidden.device.type
     if torch.is_autocast_enabled(device_type):
         compute_dtype = torch.get_autocast_dtype(device_type)

@@ -288,3 +288,11 @@ def test_embedding_projection_keeps_the_main_directions():
     assert coords.shape == (200, 2)
     assert np.var(coords[:, 0]) == pytest.approx(np.var(points[:, 0]), rel=0.05)
     assert np.var(coords[:, 1]) == pytest.approx(np.var(points[:, 1]), rel=0.05)
+
+
+def test_resume_refuses_a_corpus_that_changed(corpus, tmp_path, capsys):
+    args = train_args(corpus, tmp_path / "run", "--max-steps", "4", "--eval-interval", "2")
+    assert main(args) == 0
+    corpus.write_text(corpus.read_text() + "more text\n")
+    assert main(["train", "--resume", str(tmp_path / "run"), "--max-steps", "8"]) == 2
+    assert "the corpus changed since the run started" in capsys.readouterr().err

@@ -13,6 +13,7 @@ writes checkpoints while the others wait for it).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -31,7 +32,7 @@ from tqdm import tqdm
 from lmforge import __version__
 from lmforge.config import RunConfig, TrainConfig
 from lmforge.data.corpora import resolve_corpus
-from lmforge.data.stream import TokenStream, WindowSampler, encode_corpus
+from lmforge.data.stream import TokenStream, WindowSampler, encode_corpus, stream_key
 from lmforge.device import autocast, resolve_dtype
 from lmforge.errors import ConfigError, RunError, TrainingError
 from lmforge.evaluation import mean_loss
@@ -114,17 +115,21 @@ def _train(
         _check_run_dir(run_dir, resume, overwrite)
         for torn in run_dir.glob(".*.tmp"):  # left by a process killed mid-write
             torn.unlink()
-        tokenizer, stream = prepare_data(config, progress)
-        if resume:
-            if load_tokenizer(run_dir / TOKENIZER_FILE) != tokenizer:
-                raise RunError(
-                    f"cannot resume {run_dir}: the corpus or tokenizer settings changed since "
-                    "the run started; resume with the original settings"
-                )
-        else:
+        if not resume:
+            tokenizer, stream = prepare_data(config, progress)
             _clear_run_dir(run_dir)
             tokenizer.save(run_dir / TOKENIZER_FILE)
-        return tokenizer, stream
+            return tokenizer, stream
+        # the run's own tokenizer, not trained again; the stream key hashes the corpus text
+        tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
+        corpus = resolve_corpus(config.data.corpus, config.data.data_dir)
+        recorded = read_run_config(run_dir).get("token_stream")
+        if recorded not in (None, stream_key(corpus, tokenizer, config.data.val_fraction)):
+            raise RunError(
+                f"cannot resume {run_dir}: the corpus changed since the run started; resume "
+                "with the original text"
+            )
+        return prepare_data(config, progress, tokenizer=tokenizer)
 
     prepared = distributed.run_on_main(info, prepare_on_main)
     if info.is_main:
@@ -237,6 +242,12 @@ class Trainer:
         self._reserve_s = 0.0  # time the final evaluation + checkpoint is expected to take
         self._last_eval_step = -1
 
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens in one optimizer step: batch × block × accumulated batches."""
+        tc = self.train_config
+        return tc.batch_size * tc.block_size * tc.grad_accum
+
     def _wrap(self, model: LanguageModel) -> torch.nn.Module:
         """The module the training step calls: DDP across ranks, then torch.compile."""
         wrapped: torch.nn.Module = model
@@ -273,6 +284,7 @@ class Trainer:
                 }
                 for split in self.stream.splits
             },
+            "token_stream": self.stream.directory.name,
             "world_size": self.info.world_size,
             "run": self.config.to_dict(),
         }
@@ -335,7 +347,7 @@ class Trainer:
         started = time.perf_counter() - self.elapsed_s
         window_start, window_tokens, window_losses = time.perf_counter(), 0, []
         step_time = 0.0
-        tokens_per_step = tc.batch_size * tc.block_size * tc.grad_accum
+        tokens_per_step = self.tokens_per_step
         interrupted = False
         try:
             if self.step == 0:
@@ -412,8 +424,6 @@ class Trainer:
 
     def _no_sync(self, last: bool) -> Any:
         """Skip DDP's gradient all-reduce on all but the last micro-batch of a step."""
-        import contextlib
-
         module = self.forward_model
         module = getattr(module, "_orig_mod", module)  # under torch.compile
         if self.info.enabled and not last and hasattr(module, "no_sync"):
@@ -509,9 +519,8 @@ class Trainer:
 
     # -- presentation ----------------------------------------------------------------
     def _announce(self) -> None:
-        tc = self.train_config
         n_train = self.stream.num_tokens("train")
-        per_step = tc.batch_size * tc.block_size * tc.grad_accum
+        per_step = self.tokens_per_step
         ranks = f" × {self.info.world_size} processes" if self.info.enabled else ""
         self._say(
             f"{self.model.family}: {self.model.num_parameters():,} parameters on "
