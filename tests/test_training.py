@@ -158,7 +158,7 @@ def test_sgd_optimizer_and_bad_options(tiny_corpus, tmp_path):
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(
     tiny_corpus, tmp_path, monkeypatch, capsys
 ):
-    from lmforge.training import trainer as trainer_module
+    from lmforge.training import loop as trainer_module
 
     config = small_config(tiny_corpus, tmp_path / "run", max_steps=40)
     real_loss = trainer_module.batch_loss
