@@ -172,8 +172,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(
     monkeypatch.setattr(trainer_module, "batch_loss", poisoned)
     with pytest.raises(
         TrainingError,
-        match=r"loss became nan by step 30; the last good "
-        r"checkpoint is kept",
+        match=r"loss became nan by step 30; the last good checkpoint \(step 20\) is kept",
     ):
         train(config, progress=False)
     run = load_run(tmp_path / "run", checkpoint="final", device="cpu")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,10 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+
+# Called as hook(temporary, target) once a write is complete and before it is renamed over its
+# target. Empty in normal use; fault-injection tests (lmforge.training.faults) add to it.
+before_rename: list[Callable[[Path, Path], None]] = []
 
 
 def cache_dir() -> Path:
@@ -50,12 +55,16 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=temporary_prefix(target), suffix=".tmp", dir=target.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
     try:
         yield tmp
+        for hook in before_rename:
+            hook(tmp, target)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -63,6 +72,16 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def temporary_prefix(target: str | os.PathLike[str]) -> str:
+    """How the names of :func:`atomic_path`'s temporary files for ``target`` begin (they end
+    in ``.tmp``), so a writer can find its own leftovers after a crash.
+
+    >>> temporary_prefix("run/model.safetensors")
+    '.model.safetensors.'
+    """
+    return f".{Path(target).name}."
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -93,6 +112,12 @@ def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
 def atomic_write_json(target: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> None:
     """Write ``obj`` as JSON (UTF-8, keys in insertion order) to ``target`` atomically."""
     atomic_write_text(target, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def atomic_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Copy ``source`` to ``target`` atomically (temporary file, fsync, rename)."""
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def atomic_write_with(target: str | os.PathLike[str], write: Callable[[Path], Any]) -> None:

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -25,11 +24,12 @@ from lmforge.data.stream import TokenStream, WindowSampler
 from lmforge.device import autocast, resolve_dtype
 from lmforge.errors import RunError, TrainingError
 from lmforge.evaluation import mean_loss
+from lmforge.fileio import atomic_copy
 from lmforge.losses import batch_loss
 from lmforge.models.base import LanguageModel
 from lmforge.runs import BEST_WEIGHTS, FINAL_WEIGHTS, METRICS_FILE, TRAINER_STATE, save_weights
 from lmforge.tokenizers.base import Tokenizer
-from lmforge.training import distributed
+from lmforge.training import distributed, faults
 from lmforge.training.checkpoint import MetricsLog, save_trainer_state
 from lmforge.training.data import fixed_batches
 from lmforge.training.distributed import DistributedInfo
@@ -102,6 +102,10 @@ class Trainer:
         self._interrupt = threading.Event()
         self._reserve_s = 0.0  # time the final evaluation + checkpoint is expected to take
         self._last_eval_step = -1
+        self._window: list[torch.Tensor] = []  # training losses since the last metrics record
+        self._resumed = False
+        self._checkpoint_step: int | None = None  # the step trainer_state.pt holds
+        self._fault = faults.Fault.from_env(self._interrupt, self.info.is_main)
 
     @property
     def tokens_per_step(self) -> int:
@@ -138,6 +142,10 @@ class Trainer:
         """Everything needed to continue exactly from here (collective under DDP: every rank
         must call it, since each rank's RNG state is kept)."""
         rng = distributed.gather_objects(self.info, torch.get_rng_state())
+        # each rank's own losses since the last record: a resumed run's next record averages
+        # the same losses as an uninterrupted run's
+        window = torch.stack(self._window).cpu() if self._window else torch.zeros(0)
+        windows = distributed.gather_objects(self.info, window)
         state: dict[str, Any] = {
             "step": self.step,
             "tokens": self.tokens,
@@ -149,6 +157,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "sampler": json.dumps(self.sampler.state_dict()),
             "torch_rng": rng,
+            "window_losses": windows,
+            "reserve_s": self._reserve_s,
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = distributed.gather_objects(
@@ -178,6 +188,11 @@ class Trainer:
         self.best_val_loss = float(state["best_val_loss"])
         last = float(state["last_val_loss"])
         self.last_val_loss = None if math.isnan(last) else last
+        if "window_losses" in state:
+            self._window = list(state["window_losses"][self.info.rank].to(self.device))
+        self._reserve_s = float(state.get("reserve_s", 0.0))
+        self._resumed = True
+        self._checkpoint_step = self.step
         if self.info.is_main:
             self.metrics.truncate_after(self.step)
 
@@ -188,13 +203,12 @@ class Trainer:
         self._announce()
         bar = Progress(tc, self.progress, self.step, self.elapsed_s)
         started = time.perf_counter() - self.elapsed_s
-        window_start, window_tokens, window_losses = time.perf_counter(), 0, []
-        step_time = 0.0
-        tokens_per_step = self.tokens_per_step
+        window_start, window_tokens = time.perf_counter(), 0
+        step_time = lr = 0.0
         interrupted = False
         try:
             with stop_on_sigint(self._interrupt, bar.say):
-                if self.step == 0:
+                if self.step == 0 and not self._resumed:
                     self._log_initial_losses(started, bar)
                     window_start = time.perf_counter()
                 while True:
@@ -203,35 +217,33 @@ class Trainer:
                         break
                     t0 = time.perf_counter()
                     lr = learning_rate(tc, self.step, t0 - started)
-                    window_losses.append(self._train_step(lr))
+                    self._window.append(self._train_step(lr))
                     self.step += 1
-                    self.tokens += tokens_per_step
-                    window_tokens += tokens_per_step
+                    self.tokens += self.tokens_per_step
+                    window_tokens += self.tokens_per_step
                     now = time.perf_counter()
                     step_time = now - t0 if step_time == 0.0 else 0.9 * step_time + 0.1 * (now - t0)
                     self.elapsed_s = now - started
                     bar.advance(now - t0)
+                    self._reach("step")
                     if self.step % tc.log_interval == 0 or self.step % tc.eval_interval == 0:
-                        train_loss = self._check_finite(window_losses)
                         rate = window_tokens / max(now - window_start, 1e-9)
-                        record = self._record(train_loss, lr, rate, step_time)
+                        record = self._record(self._take_window(), lr, rate, step_time)
                         if self.step % tc.eval_interval == 0:
-                            record.update(self._evaluate_and_checkpoint(started))
-                        self._append(record)
+                            self._evaluate_and_checkpoint(started, record)
+                        else:
+                            self._append(record)
                         bar.show(record, self.last_val_loss)
-                        window_start, window_tokens, window_losses = time.perf_counter(), 0, []
-                if window_losses:
-                    train_loss = self._check_finite(window_losses)
+                        window_start, window_tokens = time.perf_counter(), 0
                 if interrupted:
-                    self._save_checkpoint(best=False)
+                    if self._window:
+                        self._check_finite(self._window)
+                    self._save_checkpoint(best=False)  # keeps the unrecorded losses
                 elif self._last_eval_step != self.step:
                     rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                     lr = learning_rate(tc, max(self.step - 1, 0), self.elapsed_s)
-                    record = self._record(
-                        train_loss if window_losses else None, lr, rate, step_time
-                    )
-                    record.update(self._evaluate_and_checkpoint(started))
-                    self._append(record)
+                    record = self._record(self._take_window(), lr, rate, step_time)
+                    self._evaluate_and_checkpoint(started, record)
         finally:
             bar.close()
         return TrainResult(
@@ -244,6 +256,17 @@ class Trainer:
             interrupted=interrupted,
             main_process=self.info.is_main,
         )
+
+    def _take_window(self) -> float | None:
+        """The mean training loss since the last record (checked finite), and a new window."""
+        loss = self._check_finite(self._window) if self._window else None
+        self._window = []
+        return loss
+
+    def _reach(self, point: str) -> None:
+        """A fault-injection point (see :mod:`lmforge.training.faults`); a no-op normally."""
+        if self._fault is not None:
+            self._fault.reached(point, self.step)
 
     def _train_step(self, lr: float) -> torch.Tensor:
         tc = self.train_config
@@ -300,6 +323,7 @@ class Trainer:
     def _append(self, record: dict[str, Any]) -> None:
         if self.info.is_main:
             self.metrics.append(record)
+        self._reach("record")
 
     def _mean_loss(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> float:
         """The mean loss over ``batches``, shared out among the ranks."""
@@ -314,49 +338,86 @@ class Trainer:
         train_estimate = self._mean_loss(self.train_eval_batches)
         record = self._record(train_estimate, learning_rate(self.train_config, 0), 0.0, 0.0)
         # a checkpoint of the initial weights: it also measures what the final one will cost
-        record.update(self._evaluate_and_checkpoint(started))
-        self._append(record)
+        self._evaluate_and_checkpoint(started, record)
         bar.show(record, self.last_val_loss)
 
-    def _evaluate_and_checkpoint(self, started: float) -> dict[str, Any]:
+    def _evaluate_and_checkpoint(self, started: float, record: dict[str, Any]) -> None:
+        """Add the validation loss to ``record``, log it, then write a checkpoint (in that
+        order, so every checkpoint's step has its record and a resumed run logs no step
+        twice)."""
         t0 = time.perf_counter()
         val = self._mean_loss(self.val_batches)
+        self._check_weights(val)
         self.last_val_loss = val
         self._last_eval_step = self.step
         best = val < self.best_val_loss
         if best:
             self.best_val_loss = val
+        record["val_loss"] = val
+        self._append(record)
         self._save_checkpoint(best=best)
         self.elapsed_s = time.perf_counter() - started
         self._reserve_s = max(self._reserve_s, 1.5 * (time.perf_counter() - t0) + 0.5)
         rate = f", {self.tokens / max(self.elapsed_s, 1e-9):,.0f} tok/s" if self.step else ""
         self._say(f"step {self.step}: val {val:.4f}{' (best)' if best else ''}{rate}")
-        return {"val_loss": val}
 
     def _save_checkpoint(self, best: bool) -> None:
+        """Write the weights, the best weights if ``best``, then the trainer state (last: it is
+        what --resume reads, so a crash or a full disk part-way keeps the previous one)."""
+        self._check_weights(None)
         state = self.state_dict()  # collective: every rank contributes its RNG state
-        if not self.info.is_main:
+
+        def write() -> None:
+            final = self.run_dir / FINAL_WEIGHTS
+            try:
+                with faults.watching_writes(self._fault, self.step):
+                    save_weights(self.model, final, step=self.step, val_loss=self.last_val_loss)
+                    self._reach(FINAL_WEIGHTS)
+                    if best:
+                        atomic_copy(final, self.run_dir / BEST_WEIGHTS)
+                        self._reach(BEST_WEIGHTS)
+                    save_trainer_state(self.run_dir / TRAINER_STATE, state)
+                    self._reach(TRAINER_STATE)
+            except OSError as exc:
+                raise TrainingError(
+                    f"could not write the checkpoint of step {self.step} "
+                    f"({exc.strerror or exc}); {self._kept()}; free some space, then continue "
+                    f"with --resume {self.run_dir}"
+                ) from None
+
+        distributed.run_on_main(self.info, write)  # a failed write stops every rank
+        self._checkpoint_step = self.step
+
+    def _kept(self) -> str:
+        if self._checkpoint_step is None:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint (step {self._checkpoint_step}) is kept in {self.run_dir}"
+
+    def _check_weights(self, val_loss: float | None) -> None:
+        """The NaN guard before a checkpoint: the weights after the last update (and the
+        validation loss) must be finite. Every rank holds the same weights, so all agree."""
+        broken = next(
+            (name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()),
+            None,
+        )
+        if broken is not None:
+            problem = f"the weights ({broken}) became infinite or NaN by step {self.step}"
+        elif val_loss is not None and not math.isfinite(val_loss):
+            problem = f"the validation loss became {val_loss} at step {self.step}"
+        else:
             return
-        meta = {"step": self.step, "val_loss": self.last_val_loss}
-        save_trainer_state(self.run_dir / TRAINER_STATE, state)
-        save_weights(self.model, self.run_dir / FINAL_WEIGHTS, **meta)
-        if best:
-            staged = self.run_dir / f".{BEST_WEIGHTS}.tmp"
-            shutil.copyfile(self.run_dir / FINAL_WEIGHTS, staged)
-            staged.replace(self.run_dir / BEST_WEIGHTS)
+        raise TrainingError(
+            f"{problem}; {self._kept()}; lower --learning-rate, use --dtype float32, "
+            "or check the data"
+        )
 
     def _check_finite(self, losses: list[torch.Tensor]) -> float:
         total = torch.stack(losses).mean().detach().float().cpu().reshape(1)
         distributed.all_reduce_sum(self.info, total)
         value = float(total[0]) / self.info.world_size
         if not math.isfinite(value):
-            kept = (
-                f"the last good checkpoint is kept in {self.run_dir}"
-                if (self.run_dir / FINAL_WEIGHTS).is_file()
-                else "no checkpoint had been written yet"
-            )
             raise TrainingError(
-                f"the training loss became {value} by step {self.step}; {kept}; "
+                f"the training loss became {value} by step {self.step}; {self._kept()}; "
                 "lower --learning-rate, use --dtype float32, or check the data"
             )
         return value

@@ -10,13 +10,15 @@ from lmforge import __version__
 from lmforge.config import RunConfig
 from lmforge.data.stream import TokenStream
 from lmforge.errors import ConfigError, RunError
-from lmforge.fileio import atomic_write_json
+from lmforge.fileio import atomic_write_json, temporary_prefix
 from lmforge.models.base import LanguageModel
 from lmforge.runs import (
     BEST_WEIGHTS,
     CONFIG_FILE,
     FINAL_WEIGHTS,
+    METRICS_FILE,
     SCHEMA_VERSION,
+    TOKENIZER_FILE,
     TRAINER_STATE,
     read_run_config,
 )
@@ -49,10 +51,17 @@ def clear_run_dir(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
+# the files the trainer writes in a run directory
+RUN_FILES = (BEST_WEIGHTS, FINAL_WEIGHTS, TRAINER_STATE, CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE)
+
+
 def remove_torn_writes(run_dir: Path) -> None:
-    """Delete the temporary files a killed trainer left in ``run_dir`` (none of anyone else's)."""
-    for torn in run_dir.glob(".*.tmp"):
-        torn.unlink()
+    """Delete the temporary files a killed trainer left in ``run_dir`` while writing one of
+    its own files (anything else in the directory is left alone)."""
+    for name in RUN_FILES:
+        # atomic_path's temporary names: the prefix, mkstemp's 8 random characters, ".tmp"
+        for torn in run_dir.glob(f"{temporary_prefix(name)}{'?' * 8}.tmp"):
+            torn.unlink(missing_ok=True)
 
 
 def run_config_json(
@@ -85,6 +94,15 @@ def run_config_json(
 def write_run_config(run_dir: Path, contents: dict[str, Any]) -> None:
     """Write ``config.json`` atomically."""
     atomic_write_json(run_dir / CONFIG_FILE, contents)
+
+
+def save_resumed_settings(run_dir: Path, config: RunConfig) -> None:
+    """Record in ``config.json`` the settings a resume changed (``--max-steps``,
+    ``--time-budget``, ...), so that the next resume continues with them."""
+    saved = read_run_config(run_dir)
+    settings = {**config.to_dict(), "out": saved["run"].get("out", str(run_dir))}
+    if settings != saved["run"]:
+        write_run_config(run_dir, {**saved, "run": settings})
 
 
 def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:

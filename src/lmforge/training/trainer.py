@@ -36,6 +36,7 @@ from lmforge.training.run_dir import (
     clear_run_dir,
     remove_torn_writes,
     resume_config,
+    save_resumed_settings,
 )
 
 __all__ = [
@@ -106,6 +107,8 @@ def _train(
     trainer = Trainer(config, model, tokenizer, stream, info, progress=progress and info.is_main)
     if resume:
         trainer.restore(load_trainer_state(run_dir / TRAINER_STATE))
+        if info.is_main:
+            save_resumed_settings(run_dir, config)
     elif info.is_main:
         trainer.write_run_config()
     distributed.barrier(info)
