@@ -5,6 +5,9 @@
 (NCCL on CUDA, gloo on CPU). Without those variables everything runs in one process and the
 helpers here do nothing.
 
+The collectives take tensors wherever the caller keeps them and reduce them on the device the
+backend serves (NCCL accepts only tensors on the process's own GPU).
+
 >>> info = init_distributed("auto")
 >>> info.world_size, info.is_main
 (1, True)
@@ -65,7 +68,9 @@ def init_distributed(device_request: str | None) -> DistributedInfo:
     else:
         raise ConfigError(f"distributed training runs on cuda or cpu, not {device.type}")
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        # binding the GPU lets barrier() and the object collectives use it without guessing
+        bound = device if backend == "nccl" else None
+        dist.init_process_group(backend=backend, device_id=bound)
     return DistributedInfo(rank, local_rank, world_size, device)
 
 
@@ -100,16 +105,23 @@ def gather_objects(info: DistributedInfo, value: Any) -> list[Any]:
 
 
 def all_reduce_sum(info: DistributedInfo, tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over ranks, in place; returns it."""
-    if info.enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
+    """Sum ``tensor`` over ranks, in place, on any device; returns it."""
+    return _all_reduce(info, tensor, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(info: DistributedInfo, tensor: torch.Tensor) -> torch.Tensor:
-    """Maximum of ``tensor`` over ranks, in place; returns it."""
-    if info.enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    """Maximum of ``tensor`` over ranks, in place, on any device; returns it."""
+    return _all_reduce(info, tensor, dist.ReduceOp.MAX)
+
+
+def _all_reduce(info: DistributedInfo, tensor: torch.Tensor, op: Any) -> torch.Tensor:
+    if not info.enabled:
+        return tensor
+    # the backend was chosen for info.device (NCCL for a GPU, gloo for the CPU)
+    served = tensor.to(info.device)
+    dist.all_reduce(served, op=op)
+    if served is not tensor:
+        tensor.copy_(served)
     return tensor
 
 
