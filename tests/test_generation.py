@@ -1,5 +1,7 @@
 import dataclasses
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -313,3 +315,25 @@ def test_a_stop_string_spanning_tokens_never_reaches_the_stream(char_model):
     pieces = list(stream(model, tok, "It", stopped))
     assert "".join(pieces) == expected
     assert generate(model, tok, "It", stopped) == [expected]
+
+
+def test_bits_per_character_count_the_tokens_per_character(word_run, capsys):
+    from lmforge.runs import load_run
+
+    capsys.readouterr()
+    assert main(["eval", word_run, "--split", "all", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    run = load_run(word_run, device="cpu")
+    text = (Path(word_run).parent / "verse.txt").read_text(encoding="utf-8")
+    tokens = len(run.tokenizer.encode(text))
+    assert tokens < len(text) / 3  # words: far fewer tokens than characters
+    assert result["tokens"] == tokens - 1
+    expected = result["loss"] * tokens / len(text) / math.log(2)
+    assert result["bits_per_char"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_bits_per_character_of_a_result_with_four_characters_per_token():
+    from lmforge.evaluation import EvalResult
+
+    result = EvalResult(loss=2.0, tokens=9, chars=40, stream_tokens=10)
+    assert result.bits_per_char == pytest.approx(2.0 / 4 / math.log(2), rel=1e-15)
