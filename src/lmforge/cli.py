@@ -629,11 +629,14 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="write a Transformer run as a Hugging Face transformers folder",
         description="Write RUN as OUT_DIR with config.json, model.safetensors and tokenizer "
-        "files that transformers loads as GPT-2 (GPT2LMHeadModel, AutoTokenizer, pipeline).",
+        "files that transformers loads (AutoModelForCausalLM, AutoTokenizer, pipeline): "
+        "GPT-2 for learned positions, GPT-NeoX for rotary ones.",
     )
     p.add_argument("run", metavar="RUN")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--format", default="hf", choices=["hf"], help="hf: Hugging Face (GPT-2)")
+    p.add_argument(
+        "--format", default="hf", choices=["hf"], help="hf: Hugging Face (GPT-2 or GPT-NeoX)"
+    )
     _add_checkpoint_option(p)
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
     p.set_defaults(func=cmd_export)
