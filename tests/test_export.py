@@ -1,11 +1,12 @@
-"""Export to Hugging Face: transformers loads the folder as GPT-2 and computes the same logits."""
+"""Export to Hugging Face: transformers loads the folder (GPT-2 for learned positions, GPT-NeoX
+for rotary ones) and computes the same logits."""
 
 import pytest
 import torch
 
 from lmforge.cli import main
-from lmforge.errors import LmforgeError
-from lmforge.export import ExportError, export_hf, gpt2_state_dict, write_hf_model
+from lmforge.export import ExportError, gpt2_state_dict, neox_state_dict, write_hf_model
+from lmforge.generation import SampleConfig, generate_ids
 from lmforge.models import build_model
 from lmforge.runs import load_run
 
@@ -20,13 +21,18 @@ def random_transformer(**options):
     return model.eval()
 
 
-@pytest.mark.parametrize("options", [{}, {"bias": False}, {"tie_weights": False}, {"dropout": 0.1}])
-def test_transformers_computes_the_same_logits(tmp_path, options):
+OPTIONS = [{}, {"bias": False}, {"tie_weights": False}, {"dropout": 0.1}]
+
+
+@pytest.mark.parametrize("position", ["learned", "rotary"])
+@pytest.mark.parametrize("options", OPTIONS)
+def test_transformers_computes_the_same_logits(tmp_path, options, position):
     transformers = pytest.importorskip("transformers")
-    model = random_transformer(**options)
+    model = random_transformer(position=position, **options)
     write_hf_model(model, tmp_path)
-    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
-    assert hf.config.n_positions == 24 and hf.config.vocab_size == 37
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    architecture = {"learned": "GPT2LMHeadModel", "rotary": "GPTNeoXForCausalLM"}[position]
+    assert type(hf).__name__ == architecture and hf.config.vocab_size == 37
     idx = torch.randint(0, 37, (3, 24))
     with torch.no_grad():
         ours, _ = model(idx)
@@ -45,12 +51,30 @@ def test_the_state_dict_has_gpt2_names_and_layouts():
     assert "lm_head.weight" in gpt2_state_dict(random_transformer(tie_weights=False))
 
 
-def test_models_gpt2_cannot_represent_are_refused(tmp_path):
-    with pytest.raises(ExportError, match="train with --position learned"):
-        write_hf_model(random_transformer(position="rotary"), tmp_path)
+def test_the_rotary_state_dict_has_gpt_neox_names_and_layouts():
+    model = random_transformer(position="rotary", bias=False)
+    tensors = neox_state_dict(model)
+    qkv = tensors["gpt_neox.layers.1.attention.query_key_value.weight"]
+    ours = model.transformer.h[1].attn.c_attn.weight.t()  # [q heads, k heads, v heads] x in
+    assert qkv.shape == (48, 16)
+    head = 8
+    for h in range(2):  # GPT-NeoX: q, k, v of head 0, then of head 1
+        for part in range(3):
+            theirs = qkv[(3 * h + part) * head : (3 * h + part + 1) * head]
+            torch.testing.assert_close(theirs, ours[part * 16 + h * head :][:head], rtol=0, atol=0)
+    assert torch.count_nonzero(tensors["gpt_neox.layers.0.mlp.dense_h_to_4h.bias"]) == 0
+    assert "embed_out.weight" not in tensors  # tied to gpt_neox.embed_in.weight
+    assert "embed_out.weight" in neox_state_dict(
+        random_transformer(position="rotary", tie_weights=False)
+    )
+
+
+def test_only_transformers_export():
+    with pytest.raises(ExportError, match="export it with hf_state_dict"):
+        gpt2_state_dict(random_transformer(position="rotary"))
     lstm = build_model("lstm", vocab_size=10, n_embd=4, n_hidden=4, n_layer=1)
     with pytest.raises(ExportError, match="this run is a lstm model"):
-        gpt2_state_dict(lstm)
+        neox_state_dict(lstm)
 
 
 def train_tiny_run(run, corpus, *flags):
@@ -141,12 +165,24 @@ def test_export_command_refuses_to_clobber(tmp_path, tiny_corpus, capsys):
     assert main(["export", str(run), str(out), "--overwrite"]) == 0
 
 
-def test_exporting_a_rotary_run_names_the_fix(tmp_path, tiny_corpus, capsys):
-    run = tmp_path / "run"
-    train_tiny_run(run, tiny_corpus, "--position", "rotary")
-    capsys.readouterr()
-    assert main(["export", str(run), str(tmp_path / "hf")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("lmforge: error: GPT-2 has learned positions") and err.count("\n") == 1
-    with pytest.raises(LmforgeError):
-        export_hf(run, tmp_path / "hf2")
+def test_the_readme_export_of_a_default_cpu_transformer_works(tmp_path, verse_corpus, capsys):
+    """`--model transformer` on a CPU is the rotary tiny preset: it exports as GPT-NeoX, and
+    transformers' cached greedy generation picks lmforge's tokens."""
+    transformers = pytest.importorskip("transformers")
+    run, out = tmp_path / "run", tmp_path / "hf"
+    train_tiny_run(run, verse_corpus, "--tokenizer", "word")
+    lm = load_run(run, device="cpu")
+    assert lm.model.config.position == "rotary"
+    assert main(["export", str(run), "--format", "hf", str(out)]) == 0
+    assert "AutoModelForCausalLM" in capsys.readouterr().err
+    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = lm.tokenizer.encode("to be or not to be, that is")
+    with torch.no_grad():
+        theirs = model(torch.tensor([ids])).logits
+        ours, _ = lm.model(torch.tensor([ids]))
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+    greedy = SampleConfig(max_new_tokens=6, temperature=0)
+    expected = [int(t) for t in generate_ids(lm.model, ids, greedy)]
+    with torch.no_grad():
+        generated = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False)
+    assert generated[0, len(ids) :].tolist() == expected

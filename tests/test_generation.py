@@ -1,12 +1,17 @@
+import dataclasses
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from lmforge import generation
+from lmforge.cli import main, unescape
+from lmforge.errors import ConfigError
 from lmforge.generation import SampleConfig, generate, generate_ids, score, stream
 from lmforge.models import build_model
-from lmforge.tokenizers import CharTokenizer, WordTokenizer
+from lmforge.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer
 from tests.models.test_models import LADDER, make
 
 TEXT = "It is great to hear that you have succeeded. Ça va? 漢字 ✓\n"
@@ -156,3 +161,179 @@ def test_score_of_a_continuation_is_the_sum_of_its_token_logprobs():
     assert result.logprob == pytest.approx(expected, abs=1e-5)
     assert [t for t, _ in result.tokens] == ["you", "have", "succeeded"]
     assert result.prob == pytest.approx(math.exp(expected))
+
+
+WORDS = "It is great to hear that you have succeeded. (Really?) Yes, it is!\nGreat news.\n"
+TOKENIZERS = {
+    "char": lambda: CharTokenizer.train(WORDS),
+    "word": lambda: WordTokenizer.train(WORDS),
+    "word-whitespace": lambda: WordTokenizer.train(WORDS, split="whitespace"),
+    "bpe": lambda: BPETokenizer.train(WORDS + "Ça va? 漢字 ✓", vocab_size=300),
+}
+
+
+def random_lstm(vocab_size: int, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model("lstm", vocab_size=vocab_size, n_embd=8, n_hidden=16, n_layer=1)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", sorted(TOKENIZERS))
+@pytest.mark.parametrize("prompt", ["It is great", ""])
+def test_prompt_and_sample_print_as_the_decoded_token_sequence(kind, prompt):
+    tok = TOKENIZERS[kind]()
+    model = random_lstm(tok.vocab_size)
+    cfg = SampleConfig(max_new_tokens=40, seed=4, num_samples=3)
+    ids = generation.prompt_ids(tok, prompt)
+    new = torch.stack(list(generate_ids(model, ids, cfg)), dim=1).tolist()
+    completions = generate(model, tok, prompt, cfg)
+    printed_prompt = prompt or "\n"  # an empty prompt starts from a line break
+    assert tok.decode(ids) == printed_prompt
+    for sample, completion in zip(new, completions, strict=True):
+        assert printed_prompt + completion == tok.decode(ids + sample)
+    one = dataclasses.replace(cfg, num_samples=1)
+    (sample,) = torch.stack(list(generate_ids(model, ids, one)), dim=1).tolist()
+    assert printed_prompt + "".join(stream(model, tok, prompt, one)) == tok.decode(ids + sample)
+
+
+def test_a_normalising_tokenizer_prints_the_prompt_as_typed_and_the_sample_in_context():
+    tok = WordTokenizer.train(WORDS, lowercase=True)
+    model = random_lstm(tok.vocab_size)
+    cfg = SampleConfig(max_new_tokens=30, seed=1)
+    prompt = "It  is GREAT"
+    ids = generation.prompt_ids(tok, prompt)
+    new = [int(t) for t in generate_ids(model, ids, cfg)]
+    decoded = tok.decode(ids + new)
+    assert decoded.startswith("it is great ")
+    (completion,) = generate(model, tok, prompt, cfg)
+    assert completion == decoded[len("it is great") :]
+
+
+@pytest.fixture(scope="module")
+def word_run(tmp_path_factory) -> str:
+    """A bigram trained for a few steps on word-level verse (lines end in line breaks)."""
+    folder = tmp_path_factory.mktemp("word-run")
+    corpus = folder / "verse.txt"
+    lines = ["to be or not to be, that is the question", "it is great to hear that you did it"]
+    corpus.write_text("\n".join(lines[i % 3 % 2] for i in range(300)) + "\n", encoding="utf-8")
+    run = folder / "run"
+    train = ["train", "--corpus", str(corpus), "--tokenizer", "word", "--model", "bigram"]
+    steps = ["--max-steps", "30", "--eval-interval", "30", "--eval-iters", "1"]
+    options = ["--learning-rate", "0.1", "--batch-size", "8", "--block-size", "16"]
+    assert main([*train, *steps, *options, "--out", str(run), "--device", "cpu", "--quiet"]) == 0
+    return str(run)
+
+
+def test_the_sample_command_prints_prompt_and_sample_as_decoded(word_run, capsys):
+    from lmforge.runs import load_run
+
+    run = load_run(word_run, device="cpu")
+    ids = generation.prompt_ids(run.tokenizer, "it is great")
+    cfg = SampleConfig(max_new_tokens=12, seed=5)
+    expected = run.tokenizer.decode(ids + [int(t) for t in generate_ids(run.model, ids, cfg)])
+    assert expected.startswith("it is great ")
+    sample = ["sample", word_run, "--prompt", "it is great", "--length", "12", "--seed", "5"]
+    for extra in ([], ["--stream"]):
+        capsys.readouterr()
+        assert main([*sample, *extra]) == 0
+        assert capsys.readouterr().out == expected + "\n"
+
+
+def test_stop_strings_on_the_command_line_understand_escapes(word_run, capsys):
+    sample = ["sample", word_run, "--prompt", "to be", "--length", "60", "--seed", "2"]
+    capsys.readouterr()
+    assert main(sample) == 0
+    free = capsys.readouterr().out
+    line_end = free.index("\n")
+    assert line_end < len(free) - 1  # the free sample goes on past a line break
+    for stop in ("\\n", "\\x0a", "\\u000A"):
+        for extra in ([], ["--stream"]):
+            assert main([*sample, "--stop", stop, *extra]) == 0
+            assert capsys.readouterr().out == free[:line_end] + "\n"
+    assert main([*sample, "--stop", "\\q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown escape \\q" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("\\n\\n", "\n\n"),
+        ("\\t|\\r", "\t|\r"),
+        ("a\\\\nb", "a\\nb"),
+        ("\\\"\\'", "\"'"),
+        ("\\xe9\\u00e9\\U0001F600", "éé😀"),
+        ("plain", "plain"),
+    ],
+)
+def test_unescape_decodes_the_usual_escapes(typed, meant):
+    assert unescape(typed) == meant
+
+
+@pytest.mark.parametrize("typed", ["\\q", "end\\", "\\x4", "\\xZZ", "\\u12", "\\U00110000"])
+def test_unescape_rejects_a_bad_escape_in_one_line(typed):
+    with pytest.raises(ConfigError, match="--stop") as error:
+        unescape(typed)
+    assert "\n" not in str(error.value)
+
+
+def test_temperature_divides_the_logits():
+    logits = torch.tensor([[1.0, 2.0, -4.0]])
+    out = generation.process_logits(logits, SampleConfig(temperature=0.5))
+    assert out.tolist() == [[2.0, 4.0, -8.0]]
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_sampled_frequencies_follow_the_tempered_distribution(temperature):
+    model = build_model("bigram", vocab_size=3)
+    with torch.no_grad():
+        model.logits_table.weight.copy_(torch.tensor([0.0, 1.0, 2.0]).expand(3, 3))
+    cfg = SampleConfig(max_new_tokens=1, temperature=temperature, num_samples=20_000, seed=0)
+    (drawn,) = list(generate_ids(model, [0], cfg))
+    frequencies = torch.bincount(drawn, minlength=3) / cfg.num_samples
+    expected = (torch.tensor([0.0, 1.0, 2.0]) / temperature).softmax(-1)
+    torch.testing.assert_close(frequencies, expected, atol=0.015, rtol=0)
+
+
+def test_the_stop_filter_holds_back_a_partial_stop_string():
+    stop_filter = generation._StopFilter(["\n\n"])
+    assert [stop_filter.feed(p) for p in ["ab", "\n", "c\n", "\nd"]] == ["ab", "", "\nc", ""]
+    assert stop_filter.stopped and stop_filter.finish() == ""
+    unstopped = generation._StopFilter(["\n\n"])
+    assert [unstopped.feed(p) for p in ["ab", "\n"]] + [unstopped.finish()] == ["ab", "", "\n"]
+
+
+def test_a_stop_string_spanning_tokens_never_reaches_the_stream(char_model):
+    model, tok = char_model
+    cfg = SampleConfig(max_new_tokens=100, seed=3)
+    (free,) = generate(model, tok, "It", cfg)
+    stop = free[20:23]  # three tokens: the first two are held back until the third decides
+    expected = free[: free.index(stop)]
+    stopped = dataclasses.replace(cfg, stop=[stop])
+    pieces = list(stream(model, tok, "It", stopped))
+    assert "".join(pieces) == expected
+    assert generate(model, tok, "It", stopped) == [expected]
+
+
+def test_bits_per_character_count_the_tokens_per_character(word_run, capsys):
+    from lmforge.runs import load_run
+
+    capsys.readouterr()
+    assert main(["eval", word_run, "--split", "all", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    run = load_run(word_run, device="cpu")
+    text = (Path(word_run).parent / "verse.txt").read_text(encoding="utf-8")
+    tokens = len(run.tokenizer.encode(text))
+    assert tokens < len(text) / 3  # words: far fewer tokens than characters
+    assert result["tokens"] == tokens - 1
+    expected = result["loss"] * tokens / len(text) / math.log(2)
+    assert result["bits_per_char"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_bits_per_character_of_a_result_with_four_characters_per_token():
+    from lmforge.evaluation import EvalResult
+
+    result = EvalResult(loss=2.0, tokens=9, chars=40, stream_tokens=10)
+    assert result.bits_per_char == pytest.approx(2.0 / 4 / math.log(2), rel=1e-15)

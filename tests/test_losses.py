@@ -55,3 +55,32 @@ def test_models_with_a_big_vocabulary_take_the_fused_path(monkeypatch):
     assert batch_loss(model, x, y, reduction="sum").item() == pytest.approx(
         10 * plain.item(), abs=1e-4
     )
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((got.double() - expected.double()).norm() / expected.double().norm())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("rows", "logit_scale"), [(64, 1.0), (4096, 0.05), (64, 6.0)])
+def test_low_precision_gradients_match_float32_ones(dtype, rows, logit_scale):
+    """Many rows make each row's gradient tiny (it is divided by their number): in float16
+    that underflowed to zero before the loss scaler acted. A wide logit range puts targets
+    below float16's smallest probability: their log was -inf."""
+    torch.manual_seed(0)
+    vocab, width, scale = 5000, 16, 65536.0  # scale: a GradScaler's initial factor
+    h = torch.randn(rows, width).to(dtype)
+    w = (logit_scale / 4 * torch.randn(vocab, width)).to(dtype)
+    b = torch.randn(vocab).to(dtype)
+    t = torch.randint(0, vocab, (rows,))
+    exact = [p.float().requires_grad_() for p in (h, w, b)]
+    plain = F.cross_entropy(F.linear(*exact), t)
+    expected = torch.autograd.grad(plain * scale, exact)
+    low = [p.clone().requires_grad_() for p in (h, w, b)]
+    fused = linear_cross_entropy(*low, t)
+    got = torch.autograd.grad(fused * scale, low)
+    assert fused.dtype == torch.float32
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-2)
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == dtype and torch.isfinite(g).all()
+        assert relative_error(g, e) < 2e-2

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lmforge import __version__
-from lmforge.errors import LmforgeError
+from lmforge.errors import ConfigError, LmforgeError
 
 EXIT_USAGE = 2
 
@@ -323,6 +323,50 @@ def _print_train_summary(result: Any) -> None:
         print(f"sample with: lmforge sample {result.run_dir} --prompt 'ROMEO:'", file=sys.stderr)
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'"}
+_HEX_DIGITS = {"x": 2, "u": 4, "U": 8}
+
+
+def unescape(text: str, flag: str = "--stop") -> str:
+    r"""``text`` with the escapes \n \t \r \\ \" \' \xHH \uHHHH \UHHHHHHHH replaced by the
+    characters they name (shells pass them to us as a backslash and a letter).
+
+    >>> unescape(r"\n\n"), unescape(r"\u00e9\x41\\n")
+    ('\n\n', 'éA\\n')
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        backslash = text.find("\\", i)
+        if backslash < 0:
+            out.append(text[i:])
+            break
+        out.append(text[i:backslash])
+        code = text[backslash + 1 : backslash + 2]
+        if code in _ESCAPES:
+            out.append(_ESCAPES[code])
+            i = backslash + 2
+            continue
+        digits = _HEX_DIGITS.get(code, 0)
+        hex_part = text[backslash + 2 : backslash + 2 + digits]
+        if not digits or len(hex_part) != digits or not _is_hex(hex_part):
+            escape = text[backslash : backslash + 2 + digits]
+            problem = f"an unknown escape {escape}" if code else "a lone backslash at the end"
+            raise ConfigError(
+                f"{flag} '{text}' has {problem}; use \\n \\t \\r \\\\ \\\" \\' \\xHH or "
+                "\\uHHHH (write \\\\ for a backslash)"
+            )
+        if int(hex_part, 16) > 0x10FFFF:
+            raise ConfigError(f"{flag} '{text}': \\{code}{hex_part} is not a Unicode character")
+        out.append(chr(int(hex_part, 16)))
+        i = backslash + 2 + digits
+    return "".join(out)
+
+
+def _is_hex(digits: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in digits)
+
+
 def _sample_config(args: argparse.Namespace) -> Any:
     from lmforge.generation import SampleConfig
 
@@ -332,7 +376,7 @@ def _sample_config(args: argparse.Namespace) -> Any:
         top_k=args.top_k,
         top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
-        stop=tuple(args.stop or ()),
+        stop=tuple(unescape(stop) for stop in args.stop or ()),
         num_samples=args.num_samples,
         seed=args.seed,
     )
@@ -527,13 +571,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="generate text from a trained run")
     p.add_argument("run", metavar="RUN")
-    p.add_argument("--prompt", default="", help="text to continue (default: a new line)")
+    p.add_argument(
+        "--prompt",
+        default="",
+        help="text to continue (default: a new line); printed as typed, followed by the "
+        "sample as the tokenizer decodes it after the prompt's tokens",
+    )
     p.add_argument("--length", type=int, default=500, help="new tokens per sample")
     p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
     p.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
     p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--stop", action="append", metavar="TEXT", help="end a sample before TEXT")
+    p.add_argument(
+        "--stop",
+        action="append",
+        metavar="TEXT",
+        help="end a sample right before TEXT (repeatable); TEXT may use the escapes \\n \\t "
+        "\\r \\\\ \\\" \\' \\xHH \\uHHHH, e.g. --stop '\\n\\n' ends at a blank line",
+    )
     p.add_argument("--num-samples", type=int, default=1, help="samples, drawn as one batch")
     p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
     p.add_argument("--stream", action="store_true", help="print tokens as they come")
@@ -574,11 +629,14 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="write a Transformer run as a Hugging Face transformers folder",
         description="Write RUN as OUT_DIR with config.json, model.safetensors and tokenizer "
-        "files that transformers loads as GPT-2 (GPT2LMHeadModel, AutoTokenizer, pipeline).",
+        "files that transformers loads (AutoModelForCausalLM, AutoTokenizer, pipeline): "
+        "GPT-2 for learned positions, GPT-NeoX for rotary ones.",
     )
     p.add_argument("run", metavar="RUN")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--format", default="hf", choices=["hf"], help="hf: Hugging Face (GPT-2)")
+    p.add_argument(
+        "--format", default="hf", choices=["hf"], help="hf: Hugging Face (GPT-2 or GPT-NeoX)"
+    )
     _add_checkpoint_option(p)
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
     p.set_defaults(func=cmd_export)

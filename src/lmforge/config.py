@@ -287,7 +287,7 @@ def resolve_config(overrides: dict[str, Any], config_file: str | Path | None = N
         raise ConfigError(f"--preset applies to --model transformer only; drop it for {family}")
     merged = _merge(base, layered)
     merged["model"].pop("preset", None)
-    if family == "transformer":
+    if family in ("transformer", "context"):
         _fit_block_size(merged)
     if not merged.get("out"):
         raise ConfigError("give --out RUN_DIR (or `out` in the config file) for the run's files")
@@ -339,7 +339,8 @@ def _corpus_bytes(given: dict[str, Any]) -> int:
 
 
 def _fit_block_size(merged: dict[str, Any]) -> None:
-    """A Transformer's context is the training window (``--block-size``) unless set apart."""
+    """A Transformer's (or context model's) context is the training window (``--block-size``)
+    unless set apart."""
     block = merged["train"].get("block_size", TrainConfig.block_size)
     model_block = merged["model"].setdefault("block_size", block)
     if model_block < block:

@@ -1,19 +1,31 @@
-"""Export a trained Transformer to a Hugging Face ``transformers`` folder (GPT-2 format).
+"""Export a trained Transformer to a Hugging Face ``transformers`` folder.
 
-    OUT_DIR/config.json             GPT2Config: the shape, exact GELU, LayerNorm epsilon
+    OUT_DIR/config.json             GPT2Config (learned positions) or GPTNeoXConfig (rotary)
     OUT_DIR/generation_config.json  the token ids generation needs
-    OUT_DIR/model.safetensors       the weights under GPT-2's names
+    OUT_DIR/model.safetensors       the weights under that architecture's names
     OUT_DIR/tokenizer.json          the run's tokenizer (char, word or BPE) as a fast
     OUT_DIR/tokenizer_config.json   tokenizer, with :mod:`lmforge.tokenizers.export`
 
-lmforge's Transformer is GPT-2's architecture with GPT-2's module names and weight layouts
-(the block matrices are [in, out], GPT-2's ``Conv1D``), so the weights are written as they are.
-A model without biases gets zero biases (the same function); an untied output matrix is
-written as ``lm_head.weight``. Rotary positions have no GPT-2 counterpart and are refused.
+With learned positions lmforge's Transformer is GPT-2's architecture with GPT-2's module names
+and weight layouts (the block matrices are [in, out], GPT-2's ``Conv1D``), so the weights are
+written as they are (``GPT2LMHeadModel``).
+
+With rotary positions it is GPT-NeoX's architecture (``GPTNeoXForCausalLM``) with sequential
+residuals (``use_parallel_residual=False``) and rotary embeddings on the whole head
+(``partial_rotary_factor=1``): both rotate the half-split pairs (x_i, x_{i+D/2}) with
+θ_i = 10000^(-2i/D) (GPT-NeoX / Llama's ``rotate_half``, not GPT-J's interleaved pairs), both
+use LayerNorm (not Llama's RMSNorm) and a 4·D exact-GELU MLP (not Llama's SwiGLU), so no
+permutation of the query/key features is needed. Only the fused query/key/value matrix is
+re-ordered: lmforge lays it out [q of every head, k ..., v ...], GPT-NeoX head by head
+[q, k, v of head 0, ...]; and the [in, out] matrices are transposed to ``nn.Linear``'s
+[out, in]. Llama itself (RMSNorm, SwiGLU) cannot represent this model exactly.
+
+Either way a model without biases gets zero biases (the same function); an untied output matrix
+is written too.
 
 >>> export_hf("runs/gpt", "hf/gpt")
->>> from transformers import AutoTokenizer, GPT2LMHeadModel
->>> GPT2LMHeadModel.from_pretrained("hf/gpt"), AutoTokenizer.from_pretrained("hf/gpt")
+>>> from transformers import AutoModelForCausalLM, AutoTokenizer
+>>> AutoModelForCausalLM.from_pretrained("hf/gpt"), AutoTokenizer.from_pretrained("hf/gpt")
 """
 
 from __future__ import annotations
@@ -41,17 +53,38 @@ class ExportError(LmforgeError):
 
 
 def check_exportable(model: LanguageModel) -> None:
-    """Raise a one-line error unless ``model`` is a Transformer GPT-2 can represent."""
+    """Raise a one-line error unless ``model`` is a Transformer (every Transformer exports)."""
     if model.family != "transformer":
         raise ExportError(
-            f"only Transformer runs export to Hugging Face (GPT-2); this run is a "
+            f"only Transformer runs export to Hugging Face; this run is a "
             f"{model.family} model; train one with --model transformer"
         )
+
+
+def _check_gpt2(model: LanguageModel) -> None:
+    check_exportable(model)
     if model.config.position != "learned":
         raise ExportError(
-            "GPT-2 has learned positions, but this Transformer uses rotary ones; train with "
-            "--position learned to export it"
+            "GPT-2 has learned positions, but this Transformer uses rotary ones; export it "
+            "with hf_state_dict / hf_config (GPT-NeoX) instead"
         )
+
+
+def hf_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
+    """The weights ``transformers`` loads: GPT-2's for learned positions, GPT-NeoX's for
+    rotary ones."""
+    check_exportable(model)
+    if model.config.position == "learned":
+        return gpt2_state_dict(model)
+    return neox_state_dict(model)
+
+
+def hf_config(model: LanguageModel, eos_token_id: int | None = None) -> dict[str, Any]:
+    """The ``config.json`` for :func:`hf_state_dict`'s weights."""
+    check_exportable(model)
+    if model.config.position == "learned":
+        return gpt2_config(model, eos_token_id)
+    return neox_config(model, eos_token_id)
 
 
 def gpt2_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
@@ -61,7 +94,7 @@ def gpt2_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
     >>> sorted(gpt2_state_dict(model))[:3]
     ['transformer.h.0.attn.c_attn.bias', 'transformer.h.0.attn.c_attn.weight', ...]
     """
-    check_exportable(model)
+    _check_gpt2(model)
     config = model.config
     tensors: dict[str, torch.Tensor] = {}
     for name, value in model.state_dict().items():
@@ -84,7 +117,7 @@ def gpt2_config(model: LanguageModel, eos_token_id: int | None = None) -> dict[s
     >>> gpt2_config(model)["activation_function"]
     'gelu'
     """
-    check_exportable(model)
+    _check_gpt2(model)
     config = model.config
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -105,6 +138,91 @@ def gpt2_config(model: LanguageModel, eos_token_id: int | None = None) -> dict[s
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": config.tie_weights,
+        "bos_token_id": eos_token_id,
+        "eos_token_id": eos_token_id,
+        "use_cache": True,
+        "torch_dtype": "float32",
+    }
+
+
+def neox_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
+    """A rotary Transformer's weights under GPT-NeoX's names and layouts, float32 on the CPU
+    (zero biases where the model has none); ``embed_out.weight`` only when it is not tied.
+
+    >>> neox_state_dict(model)["gpt_neox.layers.0.attention.query_key_value.weight"].shape
+    torch.Size([384, 128])
+    """
+    check_exportable(model)
+    config = model.config
+    d, heads = config.n_embd, config.n_head
+    weights = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+
+    def bias(name: str, width: int) -> torch.Tensor:
+        return weights.get(name, torch.zeros(width))
+
+    # output feature (head h, part p of q/k/v, dim i) of GPT-NeoX is lmforge's p·D + h·D/H + i
+    qkv_order = torch.arange(3 * d).view(3, heads, d // heads).transpose(0, 1).reshape(-1)
+    tensors = {"gpt_neox.embed_in.weight": weights["transformer.wte.weight"]}
+    for i in range(config.n_layer):
+        ours, theirs = f"transformer.h.{i}.", f"gpt_neox.layers.{i}."
+        linear = {
+            "attn.c_attn": "attention.query_key_value",
+            "attn.c_proj": "attention.dense",
+            "mlp.c_fc": "mlp.dense_h_to_4h",
+            "mlp.c_proj": "mlp.dense_4h_to_h",
+        }
+        for part, name in linear.items():
+            weight = weights[ours + part + ".weight"].t()  # Conv1D [in, out] -> [out, in]
+            b = bias(ours + part + ".bias", weight.shape[0])
+            if part == "attn.c_attn":
+                weight, b = weight[qkv_order], b[qkv_order]
+            tensors[theirs + name + ".weight"] = weight
+            tensors[theirs + name + ".bias"] = b
+        for part, name in (("ln_1", "input_layernorm"), ("ln_2", "post_attention_layernorm")):
+            tensors[theirs + name + ".weight"] = weights[ours + part + ".weight"]
+            tensors[theirs + name + ".bias"] = bias(ours + part + ".bias", d)
+    tensors["gpt_neox.final_layer_norm.weight"] = weights["transformer.ln_f.weight"]
+    tensors["gpt_neox.final_layer_norm.bias"] = bias("transformer.ln_f.bias", d)
+    if not config.tie_weights:
+        tensors["embed_out.weight"] = weights["lm_head.weight"]
+    return {k: v.contiguous() for k, v in tensors.items()}
+
+
+def neox_config(model: LanguageModel, eos_token_id: int | None = None) -> dict[str, Any]:
+    """The ``config.json`` of ``transformers.GPTNeoXConfig`` for a rotary Transformer.
+
+    >>> neox_config(model)["use_parallel_residual"]
+    False
+    """
+    check_exportable(model)
+    config = model.config
+    from lmforge.models.transformer import ROPE_BASE
+
+    return {
+        "architectures": ["GPTNeoXForCausalLM"],
+        "model_type": "gpt_neox",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.n_embd,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "intermediate_size": 4 * config.n_embd,
+        "hidden_act": "gelu",  # exact GELU, as nn.GELU()
+        "max_position_embeddings": config.block_size,
+        "use_parallel_residual": False,  # x + attn(ln_1(x)), then + mlp(ln_2(.))
+        "attention_bias": True,  # zeros for a model without biases
+        # the rotary settings, under transformers 5's names and under the older ones
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": ROPE_BASE,
+            "partial_rotary_factor": 1.0,
+        },
+        "rotary_pct": 1.0,
+        "rotary_emb_base": ROPE_BASE,
+        "attention_dropout": config.dropout,
+        "hidden_dropout": config.dropout,
+        "layer_norm_eps": LAYER_NORM_EPS,
+        "initializer_range": 0.02,
         "tie_word_embeddings": config.tie_weights,
         "bos_token_id": eos_token_id,
         "eos_token_id": eos_token_id,
@@ -150,12 +268,12 @@ def write_hf_model(model: LanguageModel, out: Path, eos_token_id: int | None = N
     """Write ``config.json``, ``generation_config.json`` and ``model.safetensors``."""
     from safetensors.torch import save_file
 
-    tensors = gpt2_state_dict(model)
+    tensors = hf_state_dict(model)
     atomic_write_with(
         out / "model.safetensors",
         lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}),
     )
-    atomic_write_json(out / "config.json", gpt2_config(model, eos_token_id))
+    atomic_write_json(out / "config.json", hf_config(model, eos_token_id))
     atomic_write_json(
         out / "generation_config.json",
         {"bos_token_id": eos_token_id, "eos_token_id": eos_token_id, "pad_token_id": None},

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from lmforge.errors import ConfigError
 from lmforge.models.base import LanguageModel
-from lmforge.tokenizers.base import Tokenizer
+from lmforge.tokenizers.base import StreamDecoder, Tokenizer
 
 
 @dataclasses.dataclass
@@ -271,12 +271,16 @@ def stream_samples(
     progress: bool = False,
 ) -> Iterator[tuple[int, str]]:
     """Yield ``(sample_index, text_piece)`` as tokens are generated. Pieces are whole
-    characters (an incomplete UTF-8 sequence is held back) and never include a stop string."""
+    characters (an incomplete UTF-8 sequence is held back) and never include a stop string.
+
+    The pieces of a sample join to its completion: ``decode(prompt_ids + generated)`` less its
+    first ``len(decode(prompt_ids))`` characters, so a word tokenizer's space between the
+    prompt's last word and the first generated one is part of the completion."""
     from tqdm import tqdm
 
-    decoders = [tokenizer.stream_decoder() for _ in range(config.num_samples)]
-    filters = [_StopFilter(config.stop) for _ in range(config.num_samples)]
     ids = prompt_ids(tokenizer, prompt)
+    decoders = [_primed_decoder(tokenizer, ids) for _ in range(config.num_samples)]
+    filters = [_StopFilter(config.stop) for _ in range(config.num_samples)]
     with tqdm(
         total=config.max_new_tokens,
         desc="generating",
@@ -300,6 +304,15 @@ def stream_samples(
             piece += stop_filter.finish()
             if piece:
                 yield i, piece
+
+
+def _primed_decoder(tokenizer: Tokenizer, ids: Sequence[int]) -> StreamDecoder:
+    """A stream decoder that has already read (and not returned) the prompt's tokens, so that
+    the first generated token decodes in context."""
+    decoder = tokenizer.stream_decoder()
+    for token in ids:
+        decoder.push(token)
+    return decoder
 
 
 def generate(

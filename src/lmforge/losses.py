@@ -35,14 +35,17 @@ def _blockwise(
     compute_dtype: torch.dtype,
     with_grads: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(summed loss, d mean-loss/d hidden, /d weight, /d bias), block of rows by block."""
+    """(summed loss, d mean-loss/d hidden, /d weight, /d bias), block of rows by block.
+
+    The loss and the gradients come out in float32 (or wider): a float16 gradient divided by
+    the number of rows would underflow before the loss scaler could multiply it."""
     n, vocab = hidden.shape[0], weight.shape[0]
     rows = max(1, BLOCK_ELEMENTS // vocab)
     exact = torch.promote_types(hidden.dtype, torch.float32)  # softmax and sums: ≥ float32
     w = weight.to(compute_dtype)
     h_all = hidden.to(compute_dtype)
     total = torch.zeros((), dtype=exact, device=hidden.device)
-    grad_hidden = torch.empty_like(hidden) if with_grads else None
+    grad_hidden = torch.empty_like(hidden, dtype=exact) if with_grads else None
     grad_weight = torch.zeros_like(weight, dtype=exact) if with_grads else None
     grad_bias = None
     if with_grads and bias is not None:
@@ -54,13 +57,13 @@ def _blockwise(
         t = targets[start : start + rows]
         if low_precision and with_grads:
             # Autocast precision, as nn.Linear + cross_entropy under autocast would have: the
-            # logits stay in the low dtype and one softmax kernel (float32 inside) turns them
-            # into probabilities, which are also the gradient's operand.
+            # logits stay in the low dtype and one softmax kernel turns them into float32
+            # probabilities, which are also the gradient's operand.
             logits = h @ w.t()
             if bias is not None:
                 logits += bias.to(compute_dtype)
-            probs = torch.softmax(logits, dim=-1)
-            total += -torch.log(probs.gather(1, t[:, None]).float()).sum()
+            probs = torch.softmax(logits, dim=-1, dtype=exact)
+            total += _low_precision_losses(logits, probs, t).sum()
         else:
             logits = (h @ w.t()).to(exact)
             if bias is not None:
@@ -76,15 +79,34 @@ def _blockwise(
             probs.div_(norm[:, None])
         # d(sum of losses)/d logits = softmax - one-hot; the 1/n of the mean comes after
         probs[everything[: len(t)], t] -= 1.0
-        grad_hidden[start : start + rows] = ((probs @ w).to(exact) / n).to(hidden.dtype)
-        grad_weight.add_(probs.t() @ h)
         if grad_bias is not None:
-            grad_bias += probs.sum(0, dtype=exact)
+            grad_bias += probs.sum(0)
+        d_logits = probs.to(compute_dtype)  # the matrix products run in the compute dtype
+        grad_hidden[start : start + rows] = d_logits @ w
+        grad_weight.add_(d_logits.t() @ h)
     if with_grads:
+        grad_hidden.div_(n)
         grad_weight.div_(n)
         if grad_bias is not None:
             grad_bias.div_(n)
     return total, grad_hidden, grad_weight, grad_bias
+
+
+def _low_precision_losses(
+    logits: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """-log probs[i, targets[i]] in float32; rows whose target probability underflows even
+    float32 (a loss above ~87 nats) are recomputed from their logits with a log-sum-exp."""
+    picked = probs.gather(1, targets[:, None]).squeeze(1)
+    losses = -picked.log()
+    tiny = (picked < torch.finfo(probs.dtype).tiny).nonzero().squeeze(1)
+    if len(tiny):
+        row_logits = logits[tiny].to(probs.dtype)
+        exact = torch.logsumexp(row_logits, dim=-1) - row_logits.gather(
+            1, targets[tiny, None]
+        ).squeeze(1)
+        losses[tiny] = exact
+    return losses
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -102,6 +124,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     ) -> torch.Tensor:
         total, gh, gw, gb = _blockwise(hidden, weight, bias, targets, compute_dtype, True)
         ctx.save_for_backward(gh, gw, gb)
+        ctx.hidden_dtype = hidden.dtype
         ctx.weight_dtype = weight.dtype
         ctx.has_bias = bias is not None
         return total / hidden.shape[0]
@@ -110,7 +133,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:  # type: ignore[override]
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         scale = grad_output.to(grad_weight.dtype)
-        gh = grad_hidden * scale.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
+        # the scale (a loss scaler's factor) multiplies before any cast to a low dtype
+        gh = (grad_hidden * scale).to(ctx.hidden_dtype) if ctx.needs_input_grad[0] else None
         gw = (grad_weight * scale).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
         gb = None
         if ctx.has_bias and ctx.needs_input_grad[2]:

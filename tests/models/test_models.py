@@ -14,8 +14,8 @@ VOCAB = 50
 LADDER = {
     "bigram": {},
     "context-mean": {"family": "context", "mode": "mean"},
-    "context-sum": {"family": "context", "mode": "sum"},
-    "context-head": {"family": "context", "mode": "mean", "n_embd": 16},
+    "context-sum": {"family": "context", "mode": "sum", "block_size": 8},
+    "context-head": {"family": "context", "mode": "mean", "n_embd": 16, "block_size": 5},
     "rnn": {"n_embd": 16, "n_hidden": 32, "n_layer": 2},
     "gru": {"n_embd": 16, "n_hidden": 32, "n_layer": 2},
     "lstm": {"n_embd": 16, "n_hidden": 32, "n_layer": 2, "dropout": 0.1},
@@ -76,14 +76,17 @@ def test_carried_state_gives_the_same_logits_as_the_whole_sequence(name):
 
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 @pytest.mark.parametrize("n_embd", [None, 8])
-def test_context_model_is_order_blind(mode, n_embd):
-    tok = WordTokenizer.train("Alice drank water")
+@pytest.mark.parametrize("block_size", [None, 3, 4])
+def test_context_model_is_order_blind(mode, n_embd, block_size):
+    tok = WordTokenizer.train("Alice drank water . then")
     torch.manual_seed(0)
-    model = build_model("context", vocab_size=tok.vocab_size, mode=mode, n_embd=n_embd)
+    model = build_model(
+        "context", vocab_size=tok.vocab_size, mode=mode, n_embd=n_embd, block_size=block_size
+    )
     for p in model.parameters():
         torch.nn.init.normal_(p)
-    a, _ = model(torch.tensor([tok.encode("Alice drank water")]))
-    b, _ = model(torch.tensor([tok.encode("water drank Alice")]))
+    a, _ = model(torch.tensor([tok.encode("then . Alice drank water")]))
+    b, _ = model(torch.tensor([tok.encode("then . water drank Alice")]))
     assert torch.allclose(a[0, -1].softmax(-1), b[0, -1].softmax(-1), atol=1e-6)
     lstm = build_model("lstm", vocab_size=tok.vocab_size, n_embd=8, n_hidden=8, n_layer=1)
     a, _ = lstm(torch.tensor([tok.encode("Alice drank water")]))
@@ -99,6 +102,57 @@ def test_context_sum_and_mean_are_cumulative():
     model.config.mode = "mean"
     logits, _ = model(torch.tensor([[0, 1]]))
     assert logits[0].tolist() == [[1, 0, 0, 0], [0.5, 0.5, 0, 0]]
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_the_context_model_sums_a_window_of_its_block_size(mode):
+    model = build_model("context", vocab_size=4, mode=mode, block_size=2)
+    torch.nn.init.eye_(model.embedding.weight)
+    ids = torch.tensor([[0, 1, 1, 3, 2]])
+    windows = [[1, 0, 0, 0], [1, 1, 0, 0], [0, 2, 0, 0], [0, 1, 0, 1], [0, 0, 1, 1]]
+    expected = torch.tensor(windows, dtype=torch.float32)
+    if mode == "mean":
+        expected = expected / torch.tensor([1.0, 2, 2, 2, 2])[:, None]
+    whole, _ = model(ids)
+    assert whole[0].tolist() == expected.tolist()
+    state, pieces = None, []
+    for token in ids[0]:
+        logits, state = model(token.view(1, 1), state)
+        pieces.append(logits[0, 0])
+    assert torch.stack(pieces).tolist() == expected.tolist()
+
+
+def test_training_gives_the_context_model_its_window():
+    from lmforge.config import resolve_config
+
+    config = resolve_config({"out": "x", "model": {"family": "context"}})
+    assert config.model["block_size"] == config.train.block_size == 16
+    config = resolve_config(
+        {"out": "x", "model": {"family": "context"}, "train": {"block_size": 9}}
+    )
+    assert config.model["block_size"] == 9
+
+
+def test_a_long_context_sample_keeps_its_entropy(monkeypatch):
+    from lmforge import generation
+    from lmforge.generation import SampleConfig, generate_ids
+
+    torch.manual_seed(0)
+    model = build_model("context", vocab_size=40, mode="sum", block_size=16)
+    torch.nn.init.normal_(model.embedding.weight, std=0.1)
+    entropies = []
+    original = generation.sample_next
+
+    def recording(logits, config, generator):
+        entropies.append(float(torch.distributions.Categorical(logits=logits).entropy()))
+        return original(logits, config, generator)
+
+    monkeypatch.setattr(generation, "sample_next", recording)
+    cfg = SampleConfig(max_new_tokens=2000, seed=0)
+    list(generate_ids(model, [0], cfg))
+    early, late = sum(entropies[16:200]) / 184, sum(entropies[-200:]) / 200
+    # unbounded, the sum of 2,000 embeddings halves the entropy (1.9 -> 0.95 nats)
+    assert late > 0.9 * early and late > 3.0  # ln 40 = 3.7
 
 
 def test_bigram_logits_are_rows_of_the_table():
