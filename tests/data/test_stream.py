@@ -11,7 +11,7 @@ from lmforge.data.stream import (
     sequential_windows,
     split_texts,
 )
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, TokenizerError
 from lmforge.tokenizers import CharTokenizer, WordTokenizer
 from tests.conftest import markov_text
 
@@ -116,3 +116,38 @@ def test_sequential_windows_cover_every_prediction_once():
     for x, y in sequential_windows(tokens, block_size=10, batch_size=3):
         pairs += list(zip(x.ravel().tolist(), y.ravel().tolist(), strict=True))
     assert pairs == [(i, i + 1) for i in range(102)]
+
+
+def test_special_token_text_in_a_corpus_is_plain_text_unless_allowed(tmp_path):
+    from lmforge.tokenizers import BPETokenizer
+
+    eot = "<|endoftext|>"
+    text = ("one doc" + eot + "\n" + "two\n") * 40
+    path = tmp_path / "docs.txt"
+    path.write_text(text)
+    corpus = resolve_corpus(path)
+    tok = BPETokenizer.train(text, vocab_size=280, pattern="gpt2", special=[eot])
+    plain = encode_corpus(corpus, tok, root=tmp_path, val_fraction=0.5)
+    allowed = encode_corpus(corpus, tok, root=tmp_path, val_fraction=0.5, special_text="allow")
+    assert plain.directory != allowed.directory  # the mode is part of the cache key
+    train_text = split_texts(corpus, 0.5)["train"]
+    assert plain.tokens("train").tolist() == tok.encode_ordinary(train_text)
+    assert allowed.tokens("train").tolist() == tok.encode(train_text, allowed_special="all")
+    assert tok.special_tokens[eot] not in plain.tokens("train")
+    with pytest.raises(TokenizerError, match="special token"):
+        encode_corpus(corpus, tok, root=tmp_path, val_fraction=0.5, special_text="error")
+    with pytest.raises(TokenizerError, match="special-text mode"):
+        encode_corpus(corpus, tok, root=tmp_path, special_text="maybe")
+
+
+@pytest.mark.integration
+def test_wikitext_unk_is_a_word_of_the_word_vocabulary():
+    """WikiText-2's <unk> is a word of its text: the word vocabulary keeps it (33,278 words,
+    as in PyTorch's example), and the text <unk> encodes to it and decodes back."""
+    from lmforge.tokenizers.build import tokenizer_training_text
+
+    corpus = resolve_corpus("wikitext-2")
+    tok = WordTokenizer.train(tokenizer_training_text("word", corpus, 0.1), split="whitespace")
+    assert tok.vocab_size == 33_278 and tok.unk_id == tok.vocab["<unk>"]
+    ids = tok.encode("the <unk> of")
+    assert ids[1] == tok.unk_id and tok.decode(ids) == "the <unk> of"

@@ -30,7 +30,7 @@ import numpy as np
 from lmforge.data.corpora import Corpus
 from lmforge.errors import CorpusError, LmforgeError
 from lmforge.fileio import cache_dir
-from lmforge.tokenizers.base import Tokenizer, token_dtype
+from lmforge.tokenizers.base import Tokenizer, special_text_options, token_dtype
 
 STREAM_FORMAT_VERSION = 1
 DEFAULT_VAL_FRACTION = 0.1
@@ -103,6 +103,19 @@ def held_out_cut(text: str, val_fraction: float) -> int:
     return exact
 
 
+def encode_text(tokenizer: Tokenizer, text: str, special_text: str = "plain") -> np.ndarray:
+    """``text`` encoded as the corpus step encodes it (in chunks, special-token text as
+    ``special_text`` says), in one array.
+
+    >>> encode_text(CharTokenizer.train("ab"), "abba").tolist()
+    [0, 1, 1, 0]
+    """
+    parts = list(tokenizer.encode_chunks(chunk_text(text), special_text))
+    if not parts:
+        return np.zeros(0, dtype=token_dtype(tokenizer.vocab_size))
+    return np.concatenate(parts)
+
+
 def chunk_text(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
     """Cut ``text`` into pieces of about ``size`` characters for encoding.
 
@@ -144,10 +157,15 @@ def _safe_cut(text: str, position: int, n: int) -> int | None:
         position = newline + 1
 
 
-def stream_key(corpus: Corpus, tokenizer: Tokenizer, val_fraction: float) -> str:
-    """The cache key of a corpus encoded by a tokenizer: a hash of both."""
+def stream_key(
+    corpus: Corpus, tokenizer: Tokenizer, val_fraction: float, special_text: str = "plain"
+) -> str:
+    """The cache key of a corpus encoded by a tokenizer: a hash of both (and of what
+    special-token text becomes, for a tokenizer that has special tokens)."""
     digest = hashlib.sha256()
     digest.update(f"v{STREAM_FORMAT_VERSION}\0{val_fraction!r}\0".encode())
+    if getattr(tokenizer, "special_tokens", None):
+        digest.update(f"special-text={special_text}\0".encode())
     digest.update(corpus.fingerprint().encode())
     digest.update(tokenizer.to_json().encode("utf-8"))
     return digest.hexdigest()[:24]
@@ -159,11 +177,14 @@ def encode_corpus(
     root: str | os.PathLike[str] | None = None,
     val_fraction: float = DEFAULT_VAL_FRACTION,
     progress: bool = True,
+    special_text: str = "plain",
 ) -> TokenStream:
     """Encode every split of ``corpus`` once into memmaps under ``root`` (default: the cache's
-    ``tokens/`` folder) and return the stream; later calls reuse the files."""
+    ``tokens/`` folder) and return the stream; later calls reuse the files. Special-token text
+    in the corpus is ordinary text unless ``special_text`` is ``allow`` (or ``error``)."""
+    special_text_options(special_text)
     base = Path(root) if root is not None else cache_dir() / "tokens"
-    directory = base / stream_key(corpus, tokenizer, val_fraction)
+    directory = base / stream_key(corpus, tokenizer, val_fraction, special_text)
     meta_path = directory / "meta.json"
     if meta_path.is_file():
         try:
@@ -174,7 +195,7 @@ def encode_corpus(
     base.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".encoding-", dir=base))
     try:
-        meta = _write_splits(staging, texts, tokenizer, corpus.name, progress)
+        meta = _write_splits(staging, texts, tokenizer, corpus.name, progress, special_text)
         try:
             os.replace(staging, directory)
         except OSError:  # another process finished first: use its copy
@@ -187,7 +208,12 @@ def encode_corpus(
 
 
 def _write_splits(
-    directory: Path, texts: dict[str, str], tokenizer: Tokenizer, name: str, progress: bool
+    directory: Path,
+    texts: dict[str, str],
+    tokenizer: Tokenizer,
+    name: str,
+    progress: bool,
+    special_text: str,
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -206,7 +232,8 @@ def _write_splits(
             filename = f"{split}.bin"
             with open(directory / filename, "wb") as out:
                 pieces = list(chunk_text(text))
-                for piece, ids in zip(pieces, tokenizer.encode_chunks(pieces), strict=True):
+                encoded = tokenizer.encode_chunks(pieces, special_text)
+                for piece, ids in zip(pieces, encoded, strict=True):
                     ids.astype(dtype, copy=False).tofile(out)
                     count += len(ids)
                     bar.update(len(piece))

@@ -25,6 +25,13 @@ from lmforge.fileio import atomic_write_json
 FORMAT = "lmforge-tokenizer"
 VERSION = 1
 UNK = "<unk>"
+# What special-token text in a corpus becomes (``--special-text``): ordinary text unless the
+# user opts in, as in tiktoken. The values are the BPE ``encode`` options of each mode.
+SPECIAL_TEXT: dict[str, dict[str, Any]] = {
+    "plain": {"allowed_special": "none", "disallowed_special": ()},
+    "allow": {"allowed_special": "all", "disallowed_special": ()},
+    "error": {"allowed_special": "none", "disallowed_special": "all"},
+}
 
 
 class Tokenizer(ABC):
@@ -62,9 +69,13 @@ class Tokenizer(ABC):
         """Text → token indices as a numpy array of the smallest unsigned type that fits."""
         return np.asarray(self.encode(text), dtype=token_dtype(self.vocab_size))
 
-    def encode_chunks(self, chunks: Iterable[str]) -> Iterator[np.ndarray]:
+    def encode_chunks(
+        self, chunks: Iterable[str], special_text: str = "plain"
+    ) -> Iterator[np.ndarray]:
         """Encode consecutive pieces of one text, in order (a tokenizer may do this in
-        parallel); used by the corpus → memmap step."""
+        parallel); used by the corpus → memmap step. ``special_text`` (see
+        :func:`special_text_options`) matters only to tokenizers with special tokens."""
+        special_text_options(special_text)
         for chunk in chunks:
             yield self.encode_array(chunk)
 
@@ -228,6 +239,20 @@ def token_dtype(vocab_size: int) -> np.dtype:
     (dtype('uint16'), dtype('uint32'))
     """
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def special_text_options(mode: str) -> dict[str, Any]:
+    """The BPE ``encode`` options of a ``--special-text`` mode: ``plain`` (special-token text
+    is ordinary text, the default), ``allow`` (it becomes the special token) or ``error``.
+
+    >>> special_text_options("allow")
+    {'allowed_special': 'all', 'disallowed_special': ()}
+    """
+    if mode not in SPECIAL_TEXT:
+        raise TokenizerError(
+            f"unknown special-text mode {mode!r}; choose one of {', '.join(SPECIAL_TEXT)}"
+        )
+    return SPECIAL_TEXT[mode]
 
 
 def unknown_token_error(token: str, position: int) -> TokenizerError:

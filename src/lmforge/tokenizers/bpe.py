@@ -39,7 +39,13 @@ import numpy as np
 import regex
 
 from lmforge.errors import TokenizerError
-from lmforge.tokenizers.base import Tokenizer, check_ids, register_tokenizer, token_dtype
+from lmforge.tokenizers.base import (
+    Tokenizer,
+    check_ids,
+    register_tokenizer,
+    special_text_options,
+    token_dtype,
+)
 from lmforge.tokenizers.pretokenize import NO_SPLIT, PATTERNS, SpecialSplitter, Splitter
 
 _SHIFT = 24  # a pair (a, b) of token ids is the int key a << 24 | b (ids below 2**24)
@@ -399,13 +405,12 @@ class BPETokenizer(Tokenizer):
     def encode_chunks(
         self,
         chunks: Iterable[str],
+        special_text: str = "plain",
         processes: int | None = None,
-        allowed_special: SpecialSet = "all",
-        disallowed_special: SpecialSet = "all",
     ) -> Iterator[np.ndarray]:
-        """Encode consecutive pieces of one corpus, in order, one array per piece. By default
-        special tokens in the text become special ids (documents separated by
-        ``<|endoftext|>``); ``allowed_special`` and ``disallowed_special`` as in :meth:`encode`.
+        """Encode consecutive pieces of one corpus, in order, one array per piece. Special-token
+        text is ordinary text unless ``special_text`` is ``allow`` (it becomes the special
+        token) or ``error`` (see :func:`~lmforge.tokenizers.base.special_text_options`).
 
         On the tiktoken engine the pieces are encoded here; otherwise, from 4M characters on,
         in ``processes`` worker processes (default: one per CPU), each sent the tokenizer once.
@@ -413,9 +418,10 @@ class BPETokenizer(Tokenizer):
         containing a line break) the text is encoded in one piece and all ids come with the
         last chunk.
         """
+        options = special_text_options(special_text)
+        specials = (options["allowed_special"], options["disallowed_special"])
         chunks = list(chunks)
         dtype = token_dtype(self.vocab_size)
-        specials = (allowed_special, disallowed_special)
         if not chunks:
             return
         if not self._chunks_are_independent():

@@ -24,13 +24,6 @@ from lmforge.fileio import atomic_path
 from lmforge.tokenizers.base import Tokenizer, load_tokenizer, token_dtype
 from lmforge.tokenizers.build import build_tokenizer
 
-SPECIAL_TEXT = {
-    # --special-text: what special-token text in a corpus becomes (BPE).
-    "allow": {"allowed_special": "all"},
-    "plain": {"allowed_special": "none", "disallowed_special": ()},
-    "error": {"allowed_special": "none", "disallowed_special": "all"},
-}
-
 
 def tokenize_train(args: argparse.Namespace) -> int:
     """Train a tokenizer on a corpus and save it as JSON."""
@@ -194,7 +187,6 @@ def _encode(
     from lmforge.data.stream import chunk_text
 
     pieces = list(chunk_text(text))
-    options: dict[str, Any] = SPECIAL_TEXT[special_text] if tokenizer.kind == "bpe" else {}
     with tqdm(
         total=len(text),
         unit="char",
@@ -202,6 +194,6 @@ def _encode(
         desc="encoding",
         disable=None if progress else True,
     ) as bar:
-        for piece, ids in zip(pieces, tokenizer.encode_chunks(pieces, **options), strict=True):
+        for piece, ids in zip(pieces, tokenizer.encode_chunks(pieces, special_text), strict=True):
             bar.update(len(piece))
             yield ids
