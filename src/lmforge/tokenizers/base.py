@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import regex
 
 from lmforge.errors import TokenizerError
 from lmforge.fileio import atomic_write_json
@@ -25,6 +26,7 @@ from lmforge.fileio import atomic_write_json
 FORMAT = "lmforge-tokenizer"
 VERSION = 1
 UNK = "<unk>"
+_SURROGATE = regex.compile("[\ud800-\udfff]")  # faster than re on wide strings
 # What special-token text in a corpus becomes (``--special-text``): ordinary text unless the
 # user opts in, as in tiktoken. The values are the BPE ``encode`` options of each mode.
 SPECIAL_TEXT: dict[str, dict[str, Any]] = {
@@ -253,6 +255,29 @@ def special_text_options(mode: str) -> dict[str, Any]:
             f"unknown special-text mode {mode!r}; choose one of {', '.join(SPECIAL_TEXT)}"
         )
     return SPECIAL_TEXT[mode]
+
+
+def check_encodable(text: str) -> None:
+    """Raise a clear error for a lone surrogate in ``text``: UTF-8 cannot encode it, so no
+    tokenizer can hold it, save it or encode it.
+
+    >>> check_encodable("a\ud800")
+    TokenizerError: the text contains U+D800, a lone surrogate ...
+    """
+    match = None if text.isascii() else _SURROGATE.search(text)
+    if match is not None:
+        raise surrogate_error(
+            UnicodeEncodeError("utf-8", text, match.start(), match.start() + 1, "surrogate")
+        )
+
+
+def surrogate_error(exc: UnicodeEncodeError) -> TokenizerError:
+    """The error for the lone surrogate that made ``exc``."""
+    char = exc.object[exc.start]
+    return TokenizerError(
+        f"the text contains U+{ord(char):04X}, a lone surrogate that UTF-8 cannot encode; "
+        "fix the text (e.g. read it with errors='replace')"
+    )
 
 
 def unknown_token_error(token: str, position: int) -> TokenizerError:

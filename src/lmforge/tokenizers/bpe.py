@@ -36,14 +36,15 @@ from itertools import chain, pairwise
 from typing import Any, Literal
 
 import numpy as np
-import regex
 
 from lmforge.errors import TokenizerError
 from lmforge.tokenizers.base import (
     Tokenizer,
+    check_encodable,
     check_ids,
     register_tokenizer,
     special_text_options,
+    surrogate_error,
     token_dtype,
 )
 from lmforge.tokenizers.pretokenize import NO_SPLIT, PATTERNS, SpecialSplitter, Splitter
@@ -55,7 +56,6 @@ _NO_MERGE = 1 << 62  # larger than every token id
 _LONG_PIECE = 256  # pieces of at least this many bytes are merged with a heap
 _CACHE_LIMIT = 1 << 18  # pieces remembered by the encoder
 _PARALLEL_MIN_CHARS = 1 << 22  # encode_chunks uses several processes from 4M characters
-_SURROGATE = regex.compile("[\ud800-\udfff]")  # faster than re on wide strings
 
 SpecialSet = Literal["all", "none"] | str | Collection[str]
 
@@ -270,7 +270,7 @@ class BPETokenizer(Tokenizer):
             for piece, count in pieces.items():
                 word_counts[piece.encode("utf-8")] = count
         except UnicodeEncodeError as exc:
-            raise _surrogate_error(exc) from None
+            raise surrogate_error(exc) from None
         merges = learn_merges(word_counts, vocab_size - 256 - len(special), min_frequency, progress)
         return cls(merges, pattern=pattern, special=special)
 
@@ -339,7 +339,7 @@ class BPETokenizer(Tokenizer):
         recognised = self._recognised(text, allowed_special, disallowed_special)
         engine = self.engine()
         if engine is not None:
-            _check_encodable(text)
+            check_encodable(text)
             if not recognised:
                 return engine.encode_ordinary(text)
             return engine.encode(text, allowed_special=set(recognised), disallowed_special=())
@@ -366,7 +366,7 @@ class BPETokenizer(Tokenizer):
         """
         engine = self.engine()
         if engine is not None:
-            _check_encodable(text)
+            check_encodable(text)
             return engine.encode_ordinary(text)
         return self._encode_python(text)
 
@@ -376,7 +376,7 @@ class BPETokenizer(Tokenizer):
         try:
             return list(chain.from_iterable(map(self._cache.__getitem__, pieces)))
         except UnicodeEncodeError as exc:
-            raise _surrogate_error(exc) from None
+            raise surrogate_error(exc) from None
 
     def encode_array(
         self,
@@ -720,24 +720,6 @@ def _check_special(special: list[str], base: int) -> None:
         raise TokenizerError("special tokens must be distinct; drop the repeated one")
     if base + len(special) > _MAX_VOCAB:
         raise TokenizerError(f"BPE vocabularies are limited to {_MAX_VOCAB} tokens")
-
-
-def _check_encodable(text: str) -> None:
-    """Raise the error the pure-Python encoder gives for a lone surrogate (tiktoken would
-    silently replace it)."""
-    match = None if text.isascii() else _SURROGATE.search(text)
-    if match is not None:
-        raise _surrogate_error(
-            UnicodeEncodeError("utf-8", text, match.start(), match.start() + 1, "surrogate")
-        )
-
-
-def _surrogate_error(exc: UnicodeEncodeError) -> TokenizerError:
-    char = exc.object[exc.start]
-    return TokenizerError(
-        f"the text contains U+{ord(char):04X}, a lone surrogate that UTF-8 cannot encode; "
-        "fix the text (e.g. read it with errors='replace')"
-    )
 
 
 def _default_processes(total_chars: int) -> int:

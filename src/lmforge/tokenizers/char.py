@@ -16,8 +16,10 @@ from lmforge.errors import TokenizerError
 from lmforge.tokenizers.base import (
     UNK,
     Tokenizer,
+    check_encodable,
     check_ids,
     register_tokenizer,
+    surrogate_error,
     token_dtype,
     unknown_token_error,
 )
@@ -33,8 +35,9 @@ class CharTokenizer(Tokenizer):
     def __init__(self, chars: Iterable[str], unk: bool = False) -> None:
         self.chars = list(chars)
         for c in self.chars:
-            if len(c) != 1:
+            if not isinstance(c, str) or len(c) != 1:
                 raise TokenizerError(f"character tokenizer entry {c!r} is not one character")
+        check_encodable("".join(self.chars))
         if len(set(self.chars)) != len(self.chars):
             raise TokenizerError("character tokenizer has repeated characters; re-create it")
         self.unk = unk
@@ -68,7 +71,11 @@ class CharTokenizer(Tokenizer):
         dtype = token_dtype(self.vocab_size)
         if not text:
             return np.zeros(0, dtype=dtype)
-        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        try:
+            encoded = text.encode("utf-32-le")
+        except UnicodeEncodeError as exc:
+            raise surrogate_error(exc) from None
+        points = np.frombuffer(encoded, dtype=np.uint32).astype(np.int64)
         pos = np.searchsorted(self._sorted_codepoints, points)
         pos = np.minimum(pos, len(self._sorted_codepoints) - 1)
         found = self._sorted_codepoints[pos] == points if len(pos) else pos.astype(bool)

@@ -26,6 +26,7 @@ from lmforge.errors import TokenizerError
 from lmforge.tokenizers.base import (
     UNK,
     Tokenizer,
+    check_encodable,
     check_ids,
     register_tokenizer,
     token_dtype,
@@ -58,6 +59,9 @@ class WordTokenizer(Tokenizer):
                 f"unknown word split {split!r}; choose one of {', '.join(SPLIT_PATTERNS)}"
             )
         self.tokens = list(tokens)
+        if not all(isinstance(t, str) and t for t in self.tokens):
+            raise TokenizerError("word tokenizer tokens must be non-empty strings; re-create it")
+        check_encodable("".join(self.tokens))
         self.vocab = {t: i for i, t in enumerate(self.tokens)}
         if len(self.vocab) != len(self.tokens):
             raise TokenizerError("word tokenizer has repeated tokens; re-create it")
