@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from lmforge.data.stream import chunk_text
 from lmforge.errors import TokenizerError
 from lmforge.tokenizers import BPETokenizer, load_tokenizer, train_tokenizer
-from lmforge.tokenizers.bpe import _merge_long, count_pieces, learn_merges
+from lmforge.tokenizers.bpe import count_pieces, learn_merges
+from lmforge.tokenizers.bpe_merges import merge_long
 from lmforge.tokenizers.pretokenize import Splitter
 from tests.conftest import markov_text
 
@@ -265,7 +266,7 @@ def ab_tok():
 @given(st.lists(st.sampled_from([97, 98]), max_size=600))
 def test_long_piece_heap_merging_equals_the_simple_loop(ab_tok, ids):
     expected = simple_merge(list(ids), ab_tok.merges)
-    assert _merge_long(list(ids), ab_tok._merge_ids) == expected
+    assert merge_long(list(ids), ab_tok._merge_ids) == expected
     assert ab_tok.encode(bytes(ids).decode()) == expected  # short or long path
 
 

@@ -71,15 +71,25 @@ class Tokenizer(ABC):
         """Text → token indices as a numpy array of the smallest unsigned type that fits."""
         return np.asarray(self.encode(text), dtype=token_dtype(self.vocab_size))
 
-    def encode_chunks(
-        self, chunks: Iterable[str], special_text: str = "plain"
-    ) -> Iterator[np.ndarray]:
-        """Encode consecutive pieces of one text, in order (a tokenizer may do this in
-        parallel); used by the corpus → memmap step. ``special_text`` (see
-        :func:`special_text_options`) matters only to tokenizers with special tokens."""
+    def encode_chunk(self, chunk: str, special_text: str = "plain") -> np.ndarray:
+        """One chunk of a corpus → ids, special-token text as ``special_text`` says (see
+        :func:`special_text_options`; it matters only to tokenizers with special tokens)."""
         special_text_options(special_text)
+        return self.encode_array(chunk)
+
+    def encode_chunks(
+        self, chunks: Iterable[str], special_text: str = "plain", processes: int = 1
+    ) -> Iterator[np.ndarray]:
+        """Encode consecutive chunks of one text (cut where no token spans the cut, see
+        :func:`lmforge.data.stream.chunk_text`), one array per chunk, in order; with
+        ``processes > 1`` in that many worker processes. Used by the corpus → memmap step."""
+        if processes > 1:
+            from lmforge.tokenizers.parallel import encode_in_processes
+
+            yield from encode_in_processes(self, chunks, special_text, processes)
+            return
         for chunk in chunks:
-            yield self.encode_array(chunk)
+            yield self.encode_chunk(chunk, special_text)
 
     def stream_decoder(self) -> StreamDecoder:
         """A decoder that turns tokens into text one at a time (for streaming output)."""
