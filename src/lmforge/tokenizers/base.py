@@ -71,6 +71,12 @@ class Tokenizer(ABC):
         """Text → token indices as a numpy array of the smallest unsigned type that fits."""
         return np.asarray(self.encode(text), dtype=token_dtype(self.vocab_size))
 
+    @property
+    def chunks_are_independent(self) -> bool:
+        """Whether the chunks of :func:`lmforge.data.stream.chunk_text` encode on their own
+        to the ids of the whole text (so they can be encoded in parallel and resumed)."""
+        return True
+
     def encode_chunk(self, chunk: str, special_text: str = "plain") -> np.ndarray:
         """One chunk of a corpus → ids, special-token text as ``special_text`` says (see
         :func:`special_text_options`; it matters only to tokenizers with special tokens)."""
@@ -119,6 +125,26 @@ class Tokenizer(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+class NonEmpty:
+    """The chunks of a text to train on (a string is one chunk), noting whether any had text;
+    :meth:`check` raises the error for empty text after they were read."""
+
+    def __init__(self, text: str | Iterable[str]) -> None:
+        self.chunks = [text] if isinstance(text, str) else text
+        self.seen = False
+
+    def __iter__(self) -> Iterator[str]:
+        for chunk in self.chunks:
+            if chunk:
+                self.seen = True
+                yield chunk
+
+    def check(self) -> None:
+        """Raise a clear error when no chunk had any text."""
+        if not self.seen:
+            raise TokenizerError("cannot train a tokenizer on empty text; give some text")
 
 
 class StreamDecoder:
@@ -182,8 +208,9 @@ def _import_builtin_kinds() -> None:
                 raise
 
 
-def train_tokenizer(kind: str, text: str, **options: Any) -> Tokenizer:
-    """Train a tokenizer of ``kind`` on ``text``; ``options`` are the kind's own (``lowercase``,
+def train_tokenizer(kind: str, text: str | Iterable[str], **options: Any) -> Tokenizer:
+    """Train a tokenizer of ``kind`` on ``text`` (a string, or its chunks as cut by
+    :func:`lmforge.data.stream.chunk_text`); ``options`` are the kind's own (``lowercase``,
     ``min_freq``, ``max_vocab``, ``unk``, ``split`` for ``word``; ``vocab_size``, ``pattern``,
     ``special`` for ``bpe``).
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from lmforge.errors import TokenizerError
 from lmforge.tokenizers.base import (
+    NonEmpty,
     Tokenizer,
     check_encodable,
     check_ids,
@@ -98,14 +99,17 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def train(
         cls,
-        text: str,
+        text: str | Iterable[str],
         vocab_size: int,
         pattern: str = "gpt4",
         special: Iterable[str] = (),
         min_frequency: int = 1,
         progress: bool = False,
+        processes: int = 1,
     ) -> BPETokenizer:
-        """Learn ``vocab_size - 256 - len(special)`` merges from ``text``.
+        """Learn ``vocab_size - 256 - len(special)`` merges from ``text`` (or from the chunks
+        of one, see :func:`~lmforge.tokenizers.bpe_training.count_pieces`, whose piece
+        counting may use ``processes`` worker processes).
 
         Fewer merges are learned when no pair occurs ``min_frequency`` times any more (or the
         text has no pairs left), so ``vocab_size`` of the result may be smaller.
@@ -124,9 +128,13 @@ class BPETokenizer(Tokenizer):
             )
         if not isinstance(min_frequency, int) or min_frequency < 1:
             raise TokenizerError(f"min_frequency must be at least 1, got {min_frequency}")
-        if not text:
-            raise TokenizerError("cannot train a tokenizer on empty text; give some text")
-        pieces = count_pieces(text, pattern, special, progress)
+        if isinstance(text, str):
+            from lmforge.data.stream import chunk_text
+
+            text = chunk_text(text)
+        chunks = NonEmpty(text)
+        pieces = count_pieces(chunks, pattern, special, progress, processes)
+        chunks.check()
         word_counts: dict[bytes, int] = {}
         try:
             for piece, count in pieces.items():
@@ -275,7 +283,7 @@ class BPETokenizer(Tokenizer):
         """As :meth:`Tokenizer.encode_chunks`; but with a split that may merge across lines
         (``none``, a custom regex, a special token containing a line break) the text is
         encoded in one piece, and all ids come with the last chunk."""
-        if self._chunks_are_independent():
+        if self.chunks_are_independent:
             yield from super().encode_chunks(chunks, special_text, processes)
             return
         chunks = list(chunks)
@@ -284,7 +292,10 @@ class BPETokenizer(Tokenizer):
         if chunks:
             yield self.encode_chunk("".join(chunks), special_text)
 
-    def _chunks_are_independent(self) -> bool:
+    @property
+    def chunks_are_independent(self) -> bool:
+        """False for a split that may merge across lines (``none``, a custom regex) or a
+        special token containing a line break."""
         return self.pattern in PATTERNS and not any("\n" in s for s in self.special)
 
     def _special_set(self, which: SpecialSet) -> set[str]:

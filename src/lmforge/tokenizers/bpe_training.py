@@ -23,27 +23,61 @@ _SHIFT, _MASK = PAIR_SHIFT, PAIR_MASK
 
 
 def count_pieces(
-    text: str, pattern: str = "gpt4", special: Iterable[str] = (), progress: bool = False
+    text: str | Iterable[str],
+    pattern: str = "gpt4",
+    special: Iterable[str] = (),
+    progress: bool = False,
+    processes: int = 1,
 ) -> Counter[str]:
-    """How often each piece occurs in ``text`` after pre-tokenization; special tokens are cut
-    out and not counted. Text is split in 1M-character chunks (at places where the built-in
-    patterns never match across), so memory stays bounded by the number of distinct pieces.
+    """How often each piece occurs in ``text`` (a string, or the chunks of one cut by
+    :func:`lmforge.data.stream.chunk_text`) after pre-tokenization; special tokens are cut out
+    and not counted. Chunks are counted one at a time (in ``processes`` worker processes when
+    more than one), so memory grows with the number of distinct pieces, not with the text.
+    A pattern that may match across lines (``none``, a custom regex) needs the whole text.
 
     >>> count_pieces("to be or not to be", pattern="gpt2")
     Counter({' be': 2, 'to': 1, ' or': 1, ' not': 1, ' to': 1})
     """
     from lmforge.data.stream import chunk_text
 
-    splitter = Splitter(pattern)
-    segments = SpecialSplitter(special).split(text)[::2]
+    special = list(special)
+    chunks = chunk_text(text) if isinstance(text, str) else iter(text)
+    if pattern not in PATTERNS or any("\n" in s for s in special):
+        chunks = iter(["".join(chunks)])
     counts: Counter[str] = Counter()
-    bar = _progress_bar(sum(map(len, segments)), "counting pieces", progress, unit="char")
-    for segment in segments:
-        for chunk in chunk_text(segment) if pattern in PATTERNS else [segment]:
-            counts.update(splitter.split(chunk))
-            bar.update(len(chunk))
+    bar = _progress_bar(None, "counting pieces", progress, unit="char")
+    if processes > 1:
+        from lmforge.tokenizers.parallel import ordered_map
+
+        counted = ordered_map(
+            _count_in_worker, chunks, processes, _init_counter, (pattern, special)
+        )
+    else:
+        _init_counter(pattern, special)
+        counted = map(_count_in_worker, chunks)
+    for chunk_counts, chars in counted:
+        counts.update(chunk_counts)
+        bar.update(chars)
     bar.close()
     return counts
+
+
+_COUNTER: tuple[Splitter, SpecialSplitter] | None = None
+
+
+def _init_counter(pattern: str, special: list[str]) -> None:
+    global _COUNTER
+    _COUNTER = (Splitter(pattern), SpecialSplitter(special))
+
+
+def _count_in_worker(chunk: str) -> tuple[Counter[str], int]:
+    """The piece counts of one chunk, and its length."""
+    assert _COUNTER is not None
+    splitter, special_splitter = _COUNTER
+    counts: Counter[str] = Counter()
+    for segment in special_splitter.split(chunk)[::2]:
+        counts.update(splitter.split(segment))
+    return counts, len(chunk)
 
 
 def learn_merges(
@@ -143,7 +177,7 @@ def learn_merges(
     return merges
 
 
-def _progress_bar(total: int, desc: str, progress: bool, unit: str = "merge") -> Any:
+def _progress_bar(total: int | None, desc: str, progress: bool, unit: str = "merge") -> Any:
     from tqdm import tqdm
 
     return tqdm(

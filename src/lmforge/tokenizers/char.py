@@ -15,6 +15,7 @@ import numpy as np
 from lmforge.errors import TokenizerError
 from lmforge.tokenizers.base import (
     UNK,
+    NonEmpty,
     Tokenizer,
     check_encodable,
     check_ids,
@@ -49,15 +50,19 @@ class CharTokenizer(Tokenizer):
         self._sorted_ids = order
 
     @classmethod
-    def train(cls, text: str, unk: bool = False) -> CharTokenizer:
-        """Build the vocabulary from ``text``.
+    def train(cls, text: str | Iterable[str], unk: bool = False) -> CharTokenizer:
+        """Build the vocabulary from ``text`` (a string, or its chunks: read a chunk at a
+        time).
 
         >>> CharTokenizer.train("abca").chars
         ['a', 'b', 'c']
         """
-        if not text:
-            raise TokenizerError("cannot train a tokenizer on empty text; give some text")
-        return cls(sorted(set(text)), unk=unk)
+        chunks = NonEmpty(text)
+        seen: set[str] = set()
+        for chunk in chunks:
+            seen.update(chunk)
+        chunks.check()
+        return cls(sorted(seen), unk=unk)
 
     @property
     def vocab_size(self) -> int:

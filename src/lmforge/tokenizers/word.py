@@ -73,14 +73,15 @@ class WordTokenizer(Tokenizer):
     @classmethod
     def train(
         cls,
-        text: str,
+        text: str | Iterable[str],
         split: str = "words",
         lowercase: bool = False,
         min_freq: int = 1,
         max_vocab: int | None = None,
         unk: bool = False,
     ) -> WordTokenizer:
-        """Build the vocabulary from ``text``.
+        """Build the vocabulary from ``text`` (a string, or its chunks as cut by
+        :func:`lmforge.data.stream.chunk_text`: counted a chunk at a time).
 
         Tokens seen fewer than ``min_freq`` times are dropped; ``max_vocab`` keeps the most
         frequent (ties: earliest first). Kept tokens stay in order of first appearance. When
@@ -98,10 +99,12 @@ class WordTokenizer(Tokenizer):
             raise TokenizerError(f"min_freq must be at least 1, got {min_freq}")
         if max_vocab is not None and max_vocab < 2:
             raise TokenizerError(f"max_vocab must be at least 2, got {max_vocab}")
-        words = re.findall(SPLIT_PATTERNS[split], text.lower() if lowercase else text)
-        if not words:
+        pattern = re.compile(SPLIT_PATTERNS[split])
+        counts: Counter[str] = Counter()  # insertion order = first appearance
+        for chunk in [text] if isinstance(text, str) else text:
+            counts.update(pattern.findall(chunk.lower() if lowercase else chunk))
+        if not counts:
             raise TokenizerError("cannot train a word tokenizer on text with no words")
-        counts = Counter(words)  # insertion order = first appearance
         first_seen = {w: i for i, w in enumerate(counts)}
         kept = [w for w, c in counts.items() if c >= min_freq]
         room = None if max_vocab is None else max_vocab - (0 if UNK in counts else 1)
