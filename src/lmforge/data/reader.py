@@ -139,11 +139,7 @@ def read_blocks(spans: list[Span], block: int | None = None) -> Iterator[str]:
 
 def count_chars(spans: list[Span]) -> int:
     """How many characters the spans' text has (UTF-8 bytes that start a character)."""
-    count = 0
-    for data in read_bytes(spans):
-        array = np.frombuffer(data, dtype=np.uint8)
-        count += int(np.count_nonzero((array & 0xC0) != 0x80))
-    return count
+    return sum(int(np.count_nonzero(_char_starts(data))) for data in read_bytes(spans))
 
 
 def char_offset_to_byte(spans: list[Span], char_index: int) -> int:
@@ -151,12 +147,18 @@ def char_offset_to_byte(spans: list[Span], char_index: int) -> int:
     chars = 0
     position = 0
     for data in read_bytes(spans):
-        starts = np.flatnonzero((np.frombuffer(data, dtype=np.uint8) & 0xC0) != 0x80)
-        if chars + len(starts) > char_index:
-            return position + int(starts[char_index - chars])
-        chars += len(starts)
+        starts = _char_starts(data)
+        count = int(np.count_nonzero(starts))
+        if chars + count > char_index:
+            return position + int(np.flatnonzero(starts)[char_index - chars])
+        chars += count
         position += len(data)
     return position
+
+
+def _char_starts(data: bytes) -> np.ndarray:
+    """Which bytes of UTF-8 ``data`` start a character (are not continuation bytes)."""
+    return (np.frombuffer(data, dtype=np.uint8) & 0xC0) != 0x80
 
 
 def find_byte(spans: list[Span], needle: bytes, start: int, stop: int) -> int:

@@ -80,5 +80,6 @@ def build_tokenizer(
     spans = tokenizer_training_spans(config.kind, corpus, val_fraction)
     if config.kind == "bpe":
         options["progress"] = progress
+    if config.kind in ("bpe", "word"):
         options["processes"] = default_processes(total_bytes(spans))
     return train_tokenizer(config.kind, corpus_chunks(spans), **options)

@@ -79,9 +79,11 @@ class WordTokenizer(Tokenizer):
         min_freq: int = 1,
         max_vocab: int | None = None,
         unk: bool = False,
+        processes: int = 1,
     ) -> WordTokenizer:
         """Build the vocabulary from ``text`` (a string, or its chunks as cut by
-        :func:`lmforge.data.stream.chunk_text`: counted a chunk at a time).
+        :func:`lmforge.data.stream.chunk_text`: counted a chunk at a time, in ``processes``
+        worker processes when more than one).
 
         Tokens seen fewer than ``min_freq`` times are dropped; ``max_vocab`` keeps the most
         frequent (ties: earliest first). Kept tokens stay in order of first appearance. When
@@ -99,10 +101,19 @@ class WordTokenizer(Tokenizer):
             raise TokenizerError(f"min_freq must be at least 1, got {min_freq}")
         if max_vocab is not None and max_vocab < 2:
             raise TokenizerError(f"max_vocab must be at least 2, got {max_vocab}")
-        pattern = re.compile(SPLIT_PATTERNS[split])
+        chunks = [text] if isinstance(text, str) else text
+        if processes > 1:
+            from lmforge.tokenizers.parallel import ordered_map
+
+            counted = ordered_map(
+                _count_words, chunks, processes, _init_counter, (split, lowercase)
+            )
+        else:
+            _init_counter(split, lowercase)
+            counted = map(_count_words, chunks)
         counts: Counter[str] = Counter()  # insertion order = first appearance
-        for chunk in [text] if isinstance(text, str) else text:
-            counts.update(pattern.findall(chunk.lower() if lowercase else chunk))
+        for chunk_counts in counted:
+            counts.update(chunk_counts)
         if not counts:
             raise TokenizerError("cannot train a word tokenizer on text with no words")
         first_seen = {w: i for i, w in enumerate(counts)}
@@ -177,6 +188,21 @@ class WordTokenizer(Tokenizer):
     @classmethod
     def _from_fields(cls, fields: dict[str, Any]) -> WordTokenizer:
         return cls(fields["tokens"], split=fields["split"], lowercase=bool(fields["lowercase"]))
+
+
+_COUNTER: tuple[re.Pattern[str], bool] | None = None
+
+
+def _init_counter(split: str, lowercase: bool) -> None:
+    global _COUNTER
+    _COUNTER = (re.compile(SPLIT_PATTERNS[split]), lowercase)
+
+
+def _count_words(chunk: str) -> Counter[str]:
+    """How often each token occurs in one chunk, in order of first appearance."""
+    assert _COUNTER is not None
+    pattern, lowercase = _COUNTER
+    return Counter(pattern.findall(chunk.lower() if lowercase else chunk))
 
 
 class _WordStreamDecoder:
