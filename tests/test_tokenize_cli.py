@@ -53,8 +53,26 @@ def test_train_encode_export_stats(verse_with_specials, tmp_path, capsys):
     assert isinstance(tok, BPETokenizer) and tok.special_tokens == {EOT: 299}
     text = corpus.read_text()
 
+    # special-token text in the corpus is ordinary text unless --special-text allow
     code, _, err = run_cli(
-        ["tokenize", "encode", tok_path, corpus, "-o", tmp_path / "ids.bin"], capsys
+        ["tokenize", "encode", tok_path, corpus, "-o", tmp_path / "plain.bin"], capsys
+    )
+    plain = tok.encode_ordinary(text)
+    assert code == 0 and f"{len(plain):,} tokens (uint16" in err
+    assert np.fromfile(tmp_path / "plain.bin", dtype="<u2").tolist() == plain
+    assert 299 not in plain
+    code, _, err = run_cli(
+        [
+            "tokenize",
+            "encode",
+            tok_path,
+            corpus,
+            "-o",
+            tmp_path / "ids.bin",
+            "--special-text",
+            "allow",
+        ],
+        capsys,
     )
     expected = tok.encode(text, allowed_special="all")
     assert code == 0 and f"{len(expected):,} tokens (uint16" in err
@@ -99,13 +117,13 @@ def test_train_encode_export_stats(verse_with_specials, tmp_path, capsys):
 
     code, out, _ = run_cli(["tokenize", "stats", tok_path, corpus, "--json", "--top", 3], capsys)
     stats = json.loads(out)
-    assert code == 0 and stats["tokens"] == len(expected) and stats["vocab_size"] == 300
-    assert stats["bytes_per_token"] == pytest.approx(len(text.encode()) / len(expected))
+    assert code == 0 and stats["tokens"] == len(plain) and stats["vocab_size"] == 300
+    assert stats["bytes_per_token"] == pytest.approx(len(text.encode()) / len(plain))
     assert (
         len(stats["longest"]) == 3 and stats["longest"][0]["bytes"] >= stats["longest"][1]["bytes"]
     )
     counts = [row["count"] for row in stats["most_frequent"]]
-    assert counts == sorted(counts, reverse=True) and counts[0] == max(np.bincount(expected))
+    assert counts == sorted(counts, reverse=True) and counts[0] == max(np.bincount(plain))
     code, out, _ = run_cli(["tokenize", "stats", tok_path, corpus], capsys)
     assert code == 0 and "bytes per token" in out and "most frequent tokens" in out
 
@@ -245,3 +263,35 @@ def test_train_a_model_with_bpe_then_with_the_saved_tokenizer(verse_corpus, tmp_
     )
     assert code == 0
     assert load_tokenizer(tmp_path / "b" / "tokenizer.json") == load_tokenizer(tok_path)
+
+
+@pytest.mark.parametrize("special_text", [None, "allow"])
+def test_train_and_eval_all_encode_special_text_alike(
+    verse_with_specials, tmp_path, capsys, special_text
+):
+    """Training encodes special-token text as plain text unless --special-text allow, and
+    `eval --split all` scores exactly the ids training made (train + val)."""
+    from lmforge.data.stream import TokenStream
+    from lmforge.fileio import cache_dir
+
+    run = tmp_path / "run"
+    args = ["train", "--corpus", verse_with_specials, "--out", run, "--quiet"]
+    args += ["--tokenizer", "bpe", "--vocab-size", 300, "--special", EOT, "--model", "bigram"]
+    args += ["--max-steps", 1, "--eval-iters", 1, "--batch-size", 4, "--block-size", 8]
+    if special_text:
+        args += ["--special-text", special_text]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    tok = load_tokenizer(run / "tokenizer.json")
+    text = verse_with_specials.read_text()
+    (meta_path,) = (cache_dir() / "tokens").glob("*/meta.json")
+    stream = TokenStream(meta_path.parent, json.loads(meta_path.read_text()))
+    trained = stream.tokens("train").tolist() + stream.tokens("val").tolist()
+    if special_text == "allow":
+        assert trained == tok.encode(text, allowed_special="all") and trained.count(299) == 3
+    else:
+        assert trained == tok.encode_ordinary(text) and 299 not in trained
+
+    code, out, err = run_cli(["eval", run, "--split", "all", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["tokens"] == len(trained) - 1  # predictions

@@ -86,6 +86,15 @@ _TOKENIZER_FLAGS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
+        "--special-text",
+        {
+            "dest": "tokenizer.special_text",
+            "choices": ["plain", "allow", "error"],
+            "help": "special-token text in the corpus: ordinary text (plain, default), the "
+            "special token (allow), or an error",
+        },
+    ),
+    (
         "--word-split",
         {
             "dest": "tokenizer.word_split",
@@ -736,10 +745,10 @@ def _add_tokenize_parser(sub: Any) -> None:
         )
         p.add_argument(
             "--special-text",
-            choices=["allow", "plain", "error"],
-            default="allow",
-            help="special-token text in the corpus: encode as special tokens (allow, default), "
-            "as plain text, or stop with an error",
+            choices=["plain", "allow", "error"],
+            default="plain",
+            help="special-token text in the corpus: ordinary text (plain, default), the "
+            "special token (allow), or stop with an error",
         )
         p.set_defaults(func=_tokenize_command(name))
         return p

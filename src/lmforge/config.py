@@ -55,6 +55,7 @@ class TokenizerConfig:
     max_vocab: int | None = None
     unk: bool = False
     word_split: str = "words"
+    special_text: str = "plain"  # special-token text in the corpus: plain, allow or error
 
 
 @dataclasses.dataclass

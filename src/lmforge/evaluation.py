@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from lmforge.data.stream import encode_corpus, sequential_windows
+from lmforge.data.stream import encode_corpus, encode_text, sequential_windows
 from lmforge.device import autocast
 from lmforge.losses import batch_loss
 from lmforge.models.base import LanguageModel
@@ -129,11 +129,15 @@ def evaluate_run(
     source = resolve_corpus(corpus or settings.data.corpus, data_dir or settings.data.data_dir)
     if split == "all":
         text = "".join(source.read(name) for name in source.splits)
-        tokens = run.tokenizer.encode_array(text)
+        tokens = encode_text(run.tokenizer, text, settings.tokenizer.special_text)
         chars = len(text)
     else:
         stream = encode_corpus(
-            source, run.tokenizer, val_fraction=settings.data.val_fraction, progress=progress
+            source,
+            run.tokenizer,
+            val_fraction=settings.data.val_fraction,
+            progress=progress,
+            special_text=settings.tokenizer.special_text,
         )
         tokens = stream.tokens(split)
         chars = stream.num_chars(split)

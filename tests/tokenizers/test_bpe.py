@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from lmforge.data.stream import chunk_text
 from lmforge.errors import TokenizerError
 from lmforge.tokenizers import BPETokenizer, load_tokenizer, train_tokenizer
-from lmforge.tokenizers.bpe import _merge_long, count_pieces, learn_merges
+from lmforge.tokenizers.bpe import count_pieces, learn_merges
+from lmforge.tokenizers.bpe_merges import merge_long
 from lmforge.tokenizers.pretokenize import Splitter
 from tests.conftest import markov_text
 
@@ -265,7 +266,7 @@ def ab_tok():
 @given(st.lists(st.sampled_from([97, 98]), max_size=600))
 def test_long_piece_heap_merging_equals_the_simple_loop(ab_tok, ids):
     expected = simple_merge(list(ids), ab_tok.merges)
-    assert _merge_long(list(ids), ab_tok._merge_ids) == expected
+    assert merge_long(list(ids), ab_tok._merge_ids) == expected
     assert ab_tok.encode(bytes(ids).decode()) == expected  # short or long path
 
 
@@ -380,9 +381,13 @@ def test_encode_chunks_in_processes_equals_one_process():
     tok = BPETokenizer.train(text, vocab_size=300, pattern="gpt2", special=[EOT])
     chunks = list(chunk_text(text, size=5000))
     assert len(chunks) > 4
-    serial = np.concatenate(list(tok.encode_chunks(chunks, processes=1)))
-    parallel = np.concatenate(list(tok.encode_chunks(chunks, processes=2)))
-    assert serial.tolist() == parallel.tolist() == tok.encode(text, allowed_special="all")
+    for mode, expected in (
+        ("allow", tok.encode(text, allowed_special="all")),
+        ("plain", tok.encode_ordinary(text)),
+    ):
+        serial = np.concatenate(list(tok.encode_chunks(chunks, mode, processes=1)))
+        parallel = np.concatenate(list(tok.encode_chunks(chunks, mode, processes=2)))
+        assert serial.tolist() == parallel.tolist() == expected
 
 
 @pytest.mark.parametrize("pattern", ["none", r"[^\n]+"])
@@ -395,13 +400,16 @@ def test_encode_chunks_joins_the_text_when_lines_may_merge(pattern):
     assert np.concatenate(arrays).tolist() == tok.encode(text)
 
 
-def test_encode_chunks_can_refuse_or_ignore_specials():
+def test_encode_chunks_reads_special_text_as_plain_unless_allowed():
     tok = BPETokenizer([], special=[EOT])
     chunks = [f"a{EOT}b"]
+    plain = next(tok.encode_chunks(chunks))
+    assert plain.tolist() == list(chunks[0].encode())
+    assert next(tok.encode_chunks(chunks, "allow")).tolist() == [97, 256, 98]
     with pytest.raises(TokenizerError, match="special token"):
-        list(tok.encode_chunks(chunks, allowed_special="none"))
-    plain = next(tok.encode_chunks(chunks, allowed_special="none", disallowed_special=()))
-    assert len(plain) == len(chunks[0])
+        list(tok.encode_chunks(chunks, "error"))
+    with pytest.raises(TokenizerError, match="special-text mode"):
+        list(tok.encode_chunks(chunks, "sometimes"))
 
 
 # --- the file format ------------------------------------------------------------------------

@@ -124,7 +124,9 @@ def test_bulk_paths_agree_with_the_python_encoder(monkeypatch):
     assert fast.encode_array(text, allowed_special="all").tolist() == reference
     assert fast.encode_batch([text, "ab"], allowed_special="all") == [reference, slow.encode("ab")]
     chunks = list(chunk_text(text, size=4000))
-    assert np.concatenate(list(fast.encode_chunks(chunks))).tolist() == reference
+    assert np.concatenate(list(fast.encode_chunks(chunks, "allow"))).tolist() == reference
+    plain = np.concatenate(list(fast.encode_chunks(chunks))).tolist()
+    assert plain == slow.encode_ordinary(text)
     with pytest.raises(TokenizerError, match="special token"):
         fast.encode(text)
     for tok in (fast, slow):

@@ -15,26 +15,42 @@ memmap([18, 47, 56, 57, 58], dtype=uint16)
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from lmforge.data.corpora import Corpus
+from lmforge.data.reader import (
+    Span,
+    char_offset_to_byte,
+    corpus_spans,
+    count_chars,
+    find_byte,
+    read_blocks,
+    slice_spans,
+    total_bytes,
+)
 from lmforge.errors import CorpusError, LmforgeError
-from lmforge.fileio import cache_dir
-from lmforge.tokenizers.base import Tokenizer, token_dtype
+from lmforge.fileio import atomic_write_json, cache_dir
+from lmforge.tokenizers.base import Tokenizer, special_text_options, token_dtype
+from lmforge.tokenizers.parallel import available_cpus
 
 STREAM_FORMAT_VERSION = 1
 DEFAULT_VAL_FRACTION = 0.1
-CHUNK_CHARS = 1 << 20
+CHUNK_CHARS = 1 << 20  # characters per chunk encoded at a time
+PARALLEL_MIN_BYTES = 1 << 22  # corpora from 4 MB on are encoded in worker processes
+RECORD_EVERY = 16  # chunks between records of an encoding's progress
+PROGRESS_FILE = "progress.json"
 
 
 @dataclass(frozen=True)
@@ -70,9 +86,25 @@ class TokenStream:
         return int(self.meta["splits"][split]["chars"])
 
 
+def split_sources(
+    corpus: Corpus, val_fraction: float = DEFAULT_VAL_FRACTION
+) -> dict[str, list[Span]]:
+    """Where each split's text lies: the corpus's own files, else ``val`` is the held-out tail
+    of the training text (see :func:`held_out_offset`). Nothing is read into memory.
+
+    >>> split_sources(Corpus("x", {"train": (Path("lines.txt"),)}))  # "aaaa\nbbbb\ncc\n"
+    {'train': [Span(..., start=0, stop=10, ...)], 'val': [Span(..., start=10, stop=13, ...)]}
+    """
+    sources = {split: corpus_spans(corpus, split) for split in corpus.splits}
+    if "val" not in sources:
+        train = sources.pop("train")
+        cut = held_out_offset(train, val_fraction)
+        sources = {"train": slice_spans(train, 0, cut), "val": slice_spans(train, cut), **sources}
+    return sources
+
+
 def split_texts(corpus: Corpus, val_fraction: float = DEFAULT_VAL_FRACTION) -> dict[str, str]:
-    """The text of each split: the corpus's own files, else ``val`` is the last
-    ``val_fraction`` of the training text.
+    """The text of each split (see :func:`split_sources`), read into memory: for small corpora.
 
     The cut falls at the first line start after that point (else the first space), so that no
     word or token is cut in two; for Tiny Shakespeare it moves nanoGPT's character cut by
@@ -81,16 +113,15 @@ def split_texts(corpus: Corpus, val_fraction: float = DEFAULT_VAL_FRACTION) -> d
     >>> split_texts(Corpus("x", {"train": (Path("lines.txt"),)}))  # "aaaa\nbbbb\ncc\n"
     {'train': 'aaaa\nbbbb\n', 'val': 'cc\n'}
     """
-    texts = {split: corpus.read(split) for split in corpus.splits}
-    if "val" not in texts:
-        text = texts.pop("train")
-        cut = held_out_cut(text, val_fraction)
-        texts = {"train": text[:cut], "val": text[cut:], **texts}
-    return texts
+    return {
+        split: "".join(read_blocks(spans))
+        for split, spans in split_sources(corpus, val_fraction).items()
+    }
 
 
 def held_out_cut(text: str, val_fraction: float) -> int:
-    """Where the held-out tail of ``text`` starts (see :func:`split_texts`).
+    """Where the held-out tail of ``text`` starts, as a character index: the first line start
+    at or after the last ``val_fraction`` of the characters (else the first word start).
 
     >>> held_out_cut("aaaa\nbbbb\ncc\n", 0.2)
     10
@@ -103,8 +134,34 @@ def held_out_cut(text: str, val_fraction: float) -> int:
     return exact
 
 
-def chunk_text(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
-    """Cut ``text`` into pieces of about ``size`` characters for encoding.
+def held_out_offset(spans: list[Span], val_fraction: float) -> int:
+    """:func:`held_out_cut` of the spans' text, as a byte offset, found by streaming reads
+    (a count of the characters, then a search from the character where the tail starts)."""
+    size = total_bytes(spans)
+    exact = char_offset_to_byte(spans, int(count_chars(spans) * (1.0 - val_fraction)))
+    for boundary in (b"\n", b" "):
+        found = find_byte(spans, boundary, exact, size - 1)
+        if found >= 0:
+            return found + 1
+    return exact
+
+
+def encode_text(tokenizer: Tokenizer, text: str, special_text: str = "plain") -> np.ndarray:
+    """``text`` encoded as the corpus step encodes it (in chunks, special-token text as
+    ``special_text`` says), in one array.
+
+    >>> encode_text(CharTokenizer.train("ab"), "abba").tolist()
+    [0, 1, 1, 0]
+    """
+    parts = list(tokenizer.encode_chunks(chunk_text(text), special_text))
+    if not parts:
+        return np.zeros(0, dtype=token_dtype(tokenizer.vocab_size))
+    return np.concatenate(parts)
+
+
+def chunk_text(text: str, size: int | None = None) -> Iterator[str]:
+    """Cut ``text`` into pieces of about ``size`` characters (default :data:`CHUNK_CHARS`)
+    for encoding.
 
     Each cut falls right after a line break that stands between two non-space characters, or
     that is followed by one space and a non-space character, where no tokenizer here (char,
@@ -114,16 +171,31 @@ def chunk_text(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
     >>> list(chunk_text("ab\\ncd\\nef", size=3))
     ['ab\\n', 'cd\\n', 'ef']
     """
-    start = 0
-    n = len(text)
-    while n - start > size:
-        cut = _safe_cut(text, start + size, n)
-        if cut is None:
-            break
-        yield text[start:cut]
-        start = cut
-    if start < n:
-        yield text[start:]
+    return chunk_stream([text], size)
+
+
+def chunk_stream(blocks: Iterable[str], size: int | None = None) -> Iterator[str]:
+    """:func:`chunk_text` of the text the ``blocks`` join to, holding about ``size`` characters
+    and a block at a time: the pieces are the same as ``chunk_text("".join(blocks))``.
+    A text with no line break to cut at is held whole."""
+    size = CHUNK_CHARS if size is None else size
+    buffer = ""
+    for block in blocks:
+        buffer = buffer + block if buffer else block
+        while len(buffer) > size:
+            cut = _safe_cut(buffer, size, len(buffer))
+            if cut is None:
+                break
+            yield buffer[:cut]
+            buffer = buffer[cut:]
+    if buffer:
+        yield buffer
+
+
+def corpus_chunks(spans: list[Span], size: int | None = None) -> Iterator[str]:
+    """The spans' text in chunks cut where no token spans the cut (see :func:`chunk_text`),
+    read from disk as they are needed."""
+    return chunk_stream(read_blocks(spans), size)
 
 
 def _safe_cut(text: str, position: int, n: int) -> int | None:
@@ -144,13 +216,31 @@ def _safe_cut(text: str, position: int, n: int) -> int | None:
         position = newline + 1
 
 
-def stream_key(corpus: Corpus, tokenizer: Tokenizer, val_fraction: float) -> str:
-    """The cache key of a corpus encoded by a tokenizer: a hash of both."""
+def stream_key(
+    corpus: Corpus, tokenizer: Tokenizer, val_fraction: float, special_text: str = "plain"
+) -> str:
+    """The cache key of a corpus encoded by a tokenizer: a hash of both (and of what
+    special-token text becomes, for a tokenizer that has special tokens). The corpus is
+    hashed by streaming reads of its files."""
     digest = hashlib.sha256()
     digest.update(f"v{STREAM_FORMAT_VERSION}\0{val_fraction!r}\0".encode())
+    if getattr(tokenizer, "special_tokens", None):
+        digest.update(f"special-text={special_text}\0".encode())
     digest.update(corpus.fingerprint().encode())
     digest.update(tokenizer.to_json().encode("utf-8"))
     return digest.hexdigest()[:24]
+
+
+def default_processes(total_bytes: int) -> int:
+    """Worker processes for encoding a text of ``total_bytes``: one per CPU (one per 2 MB of
+    text at most), none below 4 MB.
+
+    >>> default_processes(1000)
+    1
+    """
+    if total_bytes < PARALLEL_MIN_BYTES:
+        return 1
+    return max(1, min(available_cpus(), total_bytes // (PARALLEL_MIN_BYTES // 2)))
 
 
 def encode_corpus(
@@ -159,59 +249,119 @@ def encode_corpus(
     root: str | os.PathLike[str] | None = None,
     val_fraction: float = DEFAULT_VAL_FRACTION,
     progress: bool = True,
+    special_text: str = "plain",
+    processes: int | None = None,
 ) -> TokenStream:
     """Encode every split of ``corpus`` once into memmaps under ``root`` (default: the cache's
-    ``tokens/`` folder) and return the stream; later calls reuse the files."""
+    ``tokens/`` folder) and return the stream; later calls reuse the files. Special-token text
+    in the corpus is ordinary text unless ``special_text`` is ``allow`` (or ``error``).
+
+    The text is read, cut and encoded a chunk at a time, in ``processes`` worker processes
+    (default: see :func:`default_processes`), so memory stays flat however large the corpus.
+    The work goes to ``.partial-<key>/``, where the chunks done are recorded as they are
+    written: after an interruption the next call continues from the last record. One process
+    at a time encodes a given key (a lock file); the others then reuse its result.
+    """
+    special_text_options(special_text)
     base = Path(root) if root is not None else cache_dir() / "tokens"
-    directory = base / stream_key(corpus, tokenizer, val_fraction)
-    meta_path = directory / "meta.json"
-    if meta_path.is_file():
-        try:
-            return TokenStream(directory, json.loads(meta_path.read_text()))
-        except (json.JSONDecodeError, OSError):
-            shutil.rmtree(directory, ignore_errors=True)
-    texts = split_texts(corpus, val_fraction)
+    key = stream_key(corpus, tokenizer, val_fraction, special_text)
+    directory = base / key
+    stream = _finished_stream(directory)
+    if stream is not None:
+        return stream
     base.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".encoding-", dir=base))
-    try:
-        meta = _write_splits(staging, texts, tokenizer, corpus.name, progress)
-        try:
-            os.replace(staging, directory)
-        except OSError:  # another process finished first: use its copy
-            shutil.rmtree(staging, ignore_errors=True)
-            meta = json.loads(meta_path.read_text())
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with _locked(base / f".{key}.lock"):
+        stream = _finished_stream(directory)  # another process may have finished it meanwhile
+        if stream is not None:
+            return stream
+        sources = split_sources(corpus, val_fraction)
+        if processes is None:
+            processes = default_processes(sum(total_bytes(spans) for spans in sources.values()))
+        partial = base / f".partial-{key}"
+        partial.mkdir(exist_ok=True)
+        meta = _write_splits(
+            partial, sources, tokenizer, corpus.name, progress, special_text, processes
+        )
+        os.replace(partial, directory)
     return TokenStream(directory, meta)
 
 
+def _finished_stream(directory: Path) -> TokenStream | None:
+    meta_path = directory / "meta.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        return TokenStream(directory, json.loads(meta_path.read_text()))
+    except (json.JSONDecodeError, OSError):
+        shutil.rmtree(directory, ignore_errors=True)
+        return None
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _write_splits(
-    directory: Path, texts: dict[str, str], tokenizer: Tokenizer, name: str, progress: bool
+    directory: Path,
+    sources: dict[str, list[Span]],
+    tokenizer: Tokenizer,
+    name: str,
+    progress: bool,
+    special_text: str,
+    processes: int,
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
     dtype = token_dtype(tokenizer.vocab_size)
-    total_chars = sum(len(t) for t in texts.values())
-    splits: dict[str, dict[str, Any]] = {}
+    record_path = directory / PROGRESS_FILE
+    states: dict[str, dict[str, Any]] = (
+        json.loads(record_path.read_text()) if record_path.is_file() else {}
+    )
     with tqdm(
-        total=total_chars,
-        unit="char",
+        total=sum(total_bytes(spans) for spans in sources.values()),
+        initial=sum(state["bytes"] for state in states.values()),
+        unit="B",
         unit_scale=True,
         desc=f"tokenizing {name}",
         disable=None if progress else True,
     ) as bar:
-        for split, text in texts.items():
-            count = 0
-            filename = f"{split}.bin"
-            with open(directory / filename, "wb") as out:
-                pieces = list(chunk_text(text))
-                for piece, ids in zip(pieces, tokenizer.encode_chunks(pieces), strict=True):
+        for split, spans in sources.items():
+            state = states.get(split)
+            if state is None or not (state["complete"] or tokenizer.chunks_are_independent):
+                state = {"bytes": 0, "tokens": 0, "chars": 0, "complete": False}
+            states[split] = state
+            if state["complete"]:
+                continue
+            path = directory / f"{split}.bin"
+            with open(path, "r+b" if path.exists() else "wb") as out:
+                out.truncate(state["tokens"] * dtype.itemsize)
+                out.seek(0, os.SEEK_END)
+                rest = slice_spans(spans, state["bytes"])
+                unrecorded = 0
+                for ids, n_chars, n_bytes in encode_spans(tokenizer, rest, special_text, processes):
                     ids.astype(dtype, copy=False).tofile(out)
-                    count += len(ids)
-                    bar.update(len(piece))
-            splits[split] = {"file": filename, "tokens": count, "chars": len(text)}
+                    state["tokens"] += len(ids)
+                    state["chars"] += n_chars
+                    state["bytes"] += n_bytes
+                    bar.update(n_bytes)
+                    unrecorded += 1
+                    if unrecorded >= RECORD_EVERY and tokenizer.chunks_are_independent:
+                        _record(out, record_path, states)
+                        unrecorded = 0
+                state["complete"] = True
+                _record(out, record_path, states)
+    splits = {
+        split: {"file": f"{split}.bin", "tokens": state["tokens"], "chars": state["chars"]}
+        for split, state in states.items()
+    }
     if splits["train"]["tokens"] < 2:
+        shutil.rmtree(directory, ignore_errors=True)
         raise LmforgeError(
             f"the training split of {name} encodes to {splits['train']['tokens']} token(s); "
             "give a longer corpus"
@@ -223,8 +373,37 @@ def _write_splits(
         "corpus": name,
         "splits": splits,
     }
-    (directory / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    atomic_write_json(directory / "meta.json", meta, indent=1)
     return meta
+
+
+def _record(out: BinaryIO, record_path: Path, states: dict[str, dict[str, Any]]) -> None:
+    """Make the tokens written so far durable, then record how far each split got."""
+    out.flush()
+    os.fsync(out.fileno())
+    atomic_write_json(record_path, states, indent=1)
+
+
+def encode_spans(
+    tokenizer: Tokenizer, spans: list[Span], special_text: str = "plain", processes: int = 1
+) -> Iterator[tuple[np.ndarray, int, int]]:
+    """The spans' text encoded a chunk at a time (see :func:`corpus_chunks`), in order:
+    ``(ids, characters, bytes)`` for each chunk."""
+    sizes: deque[tuple[int, int]] = deque()
+    for ids in tokenizer.encode_chunks(_measured_chunks(spans, sizes), special_text, processes):
+        n_chars, n_bytes = sizes.popleft()
+        yield ids, n_chars, n_bytes
+
+
+def _measured_chunks(spans: list[Span], sizes: deque[tuple[int, int]]) -> Iterator[str]:
+    """The spans' chunks; each one's (characters, bytes) is appended to ``sizes`` as it goes."""
+    for chunk in corpus_chunks(spans):
+        sizes.append((len(chunk), _utf8_length(chunk)))
+        yield chunk
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 class WindowSampler:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import regex
 
 from lmforge.errors import TokenizerError
 from lmforge.fileio import atomic_write_json
@@ -25,6 +26,14 @@ from lmforge.fileio import atomic_write_json
 FORMAT = "lmforge-tokenizer"
 VERSION = 1
 UNK = "<unk>"
+_SURROGATE = regex.compile("[\ud800-\udfff]")  # faster than re on wide strings
+# What special-token text in a corpus becomes (``--special-text``): ordinary text unless the
+# user opts in, as in tiktoken. The values are the BPE ``encode`` options of each mode.
+SPECIAL_TEXT: dict[str, dict[str, Any]] = {
+    "plain": {"allowed_special": "none", "disallowed_special": ()},
+    "allow": {"allowed_special": "all", "disallowed_special": ()},
+    "error": {"allowed_special": "none", "disallowed_special": "all"},
+}
 
 
 class Tokenizer(ABC):
@@ -62,11 +71,31 @@ class Tokenizer(ABC):
         """Text → token indices as a numpy array of the smallest unsigned type that fits."""
         return np.asarray(self.encode(text), dtype=token_dtype(self.vocab_size))
 
-    def encode_chunks(self, chunks: Iterable[str]) -> Iterator[np.ndarray]:
-        """Encode consecutive pieces of one text, in order (a tokenizer may do this in
-        parallel); used by the corpus → memmap step."""
+    @property
+    def chunks_are_independent(self) -> bool:
+        """Whether the chunks of :func:`lmforge.data.stream.chunk_text` encode on their own
+        to the ids of the whole text (so they can be encoded in parallel and resumed)."""
+        return True
+
+    def encode_chunk(self, chunk: str, special_text: str = "plain") -> np.ndarray:
+        """One chunk of a corpus → ids, special-token text as ``special_text`` says (see
+        :func:`special_text_options`; it matters only to tokenizers with special tokens)."""
+        special_text_options(special_text)
+        return self.encode_array(chunk)
+
+    def encode_chunks(
+        self, chunks: Iterable[str], special_text: str = "plain", processes: int = 1
+    ) -> Iterator[np.ndarray]:
+        """Encode consecutive chunks of one text (cut where no token spans the cut, see
+        :func:`lmforge.data.stream.chunk_text`), one array per chunk, in order; with
+        ``processes > 1`` in that many worker processes. Used by the corpus → memmap step."""
+        if processes > 1:
+            from lmforge.tokenizers.parallel import encode_in_processes
+
+            yield from encode_in_processes(self, chunks, special_text, processes)
+            return
         for chunk in chunks:
-            yield self.encode_array(chunk)
+            yield self.encode_chunk(chunk, special_text)
 
     def stream_decoder(self) -> StreamDecoder:
         """A decoder that turns tokens into text one at a time (for streaming output)."""
@@ -96,6 +125,26 @@ class Tokenizer(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+class NonEmpty:
+    """The chunks of a text to train on (a string is one chunk), noting whether any had text;
+    :meth:`check` raises the error for empty text after they were read."""
+
+    def __init__(self, text: str | Iterable[str]) -> None:
+        self.chunks = [text] if isinstance(text, str) else text
+        self.seen = False
+
+    def __iter__(self) -> Iterator[str]:
+        for chunk in self.chunks:
+            if chunk:
+                self.seen = True
+                yield chunk
+
+    def check(self) -> None:
+        """Raise a clear error when no chunk had any text."""
+        if not self.seen:
+            raise TokenizerError("cannot train a tokenizer on empty text; give some text")
 
 
 class StreamDecoder:
@@ -159,8 +208,9 @@ def _import_builtin_kinds() -> None:
                 raise
 
 
-def train_tokenizer(kind: str, text: str, **options: Any) -> Tokenizer:
-    """Train a tokenizer of ``kind`` on ``text``; ``options`` are the kind's own (``lowercase``,
+def train_tokenizer(kind: str, text: str | Iterable[str], **options: Any) -> Tokenizer:
+    """Train a tokenizer of ``kind`` on ``text`` (a string, or its chunks as cut by
+    :func:`lmforge.data.stream.chunk_text`); ``options`` are the kind's own (``lowercase``,
     ``min_freq``, ``max_vocab``, ``unk``, ``split`` for ``word``; ``vocab_size``, ``pattern``,
     ``special`` for ``bpe``).
 
@@ -228,6 +278,43 @@ def token_dtype(vocab_size: int) -> np.dtype:
     (dtype('uint16'), dtype('uint32'))
     """
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def special_text_options(mode: str) -> dict[str, Any]:
+    """The BPE ``encode`` options of a ``--special-text`` mode: ``plain`` (special-token text
+    is ordinary text, the default), ``allow`` (it becomes the special token) or ``error``.
+
+    >>> special_text_options("allow")
+    {'allowed_special': 'all', 'disallowed_special': ()}
+    """
+    if mode not in SPECIAL_TEXT:
+        raise TokenizerError(
+            f"unknown special-text mode {mode!r}; choose one of {', '.join(SPECIAL_TEXT)}"
+        )
+    return SPECIAL_TEXT[mode]
+
+
+def check_encodable(text: str) -> None:
+    """Raise a clear error for a lone surrogate in ``text``: UTF-8 cannot encode it, so no
+    tokenizer can hold it, save it or encode it.
+
+    >>> check_encodable("a\ud800")
+    TokenizerError: the text contains U+D800, a lone surrogate ...
+    """
+    match = None if text.isascii() else _SURROGATE.search(text)
+    if match is not None:
+        raise surrogate_error(
+            UnicodeEncodeError("utf-8", text, match.start(), match.start() + 1, "surrogate")
+        )
+
+
+def surrogate_error(exc: UnicodeEncodeError) -> TokenizerError:
+    """The error for the lone surrogate that made ``exc``."""
+    char = exc.object[exc.start]
+    return TokenizerError(
+        f"the text contains U+{ord(char):04X}, a lone surrogate that UTF-8 cannot encode; "
+        "fix the text (e.g. read it with errors='replace')"
+    )
 
 
 def unknown_token_error(token: str, position: int) -> TokenizerError:

@@ -17,8 +17,10 @@ again, updating the pair counts incrementally (see :func:`learn_merges`). **Tie-
 among pairs of equal count the smallest pair of ids wins, compared as ``(left, right)``, so a
 given text, vocabulary size and pattern always give the same merges.
 
-Encoding applies the merges by rank (earliest learned first) within each piece, with a cache
-per piece; :meth:`BPETokenizer.encode_chunks` encodes a large corpus in several processes. With
+Training is :mod:`lmforge.tokenizers.bpe_training`; encoding applies the merges by rank
+(earliest learned first) within each piece, with a cache per piece
+(:mod:`lmforge.tokenizers.bpe_merges`); a large corpus is encoded in worker processes
+(:mod:`lmforge.tokenizers.parallel`). With
 ``tiktoken`` installed, encoding runs on a ``tiktoken.Encoding`` built from the same merges (see
 :mod:`lmforge.tokenizers.engines`), which gives the same ids; ``LMFORGE_BPE_ENGINE=python``
 keeps the pure-Python encoder, the reference.
@@ -27,167 +29,34 @@ keeps the pure-Python encoder, the reference.
 from __future__ import annotations
 
 import codecs
-import heapq
-import multiprocessing
-import os
-from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Iterator
-from itertools import chain, pairwise
+from itertools import chain
 from typing import Any, Literal
 
 import numpy as np
-import regex
 
 from lmforge.errors import TokenizerError
-from lmforge.tokenizers.base import Tokenizer, check_ids, register_tokenizer, token_dtype
+from lmforge.tokenizers.base import (
+    NonEmpty,
+    Tokenizer,
+    check_encodable,
+    check_ids,
+    register_tokenizer,
+    special_text_options,
+    surrogate_error,
+    token_dtype,
+)
+from lmforge.tokenizers.bpe_merges import (
+    MAX_VOCAB,
+    PAIR_SHIFT,
+    PieceCache,
+    apply_merges,
+    vocab_bytes,
+)
+from lmforge.tokenizers.bpe_training import count_pieces, learn_merges
 from lmforge.tokenizers.pretokenize import NO_SPLIT, PATTERNS, SpecialSplitter, Splitter
 
-_SHIFT = 24  # a pair (a, b) of token ids is the int key a << 24 | b (ids below 2**24)
-_MASK = (1 << _SHIFT) - 1
-_MAX_VOCAB = 1 << _SHIFT
-_NO_MERGE = 1 << 62  # larger than every token id
-_LONG_PIECE = 256  # pieces of at least this many bytes are merged with a heap
-_CACHE_LIMIT = 1 << 18  # pieces remembered by the encoder
-_PARALLEL_MIN_CHARS = 1 << 22  # encode_chunks uses several processes from 4M characters
-_SURROGATE = regex.compile("[\ud800-\udfff]")  # faster than re on wide strings
-
 SpecialSet = Literal["all", "none"] | str | Collection[str]
-
-
-# --- training --------------------------------------------------------------------------------
-
-
-def count_pieces(
-    text: str, pattern: str = "gpt4", special: Iterable[str] = (), progress: bool = False
-) -> Counter[str]:
-    """How often each piece occurs in ``text`` after pre-tokenization; special tokens are cut
-    out and not counted. Text is split in 1M-character chunks (at places where the built-in
-    patterns never match across), so memory stays bounded by the number of distinct pieces.
-
-    >>> count_pieces("to be or not to be", pattern="gpt2")
-    Counter({' be': 2, 'to': 1, ' or': 1, ' not': 1, ' to': 1})
-    """
-    from lmforge.data.stream import chunk_text
-
-    splitter = Splitter(pattern)
-    segments = SpecialSplitter(special).split(text)[::2]
-    counts: Counter[str] = Counter()
-    bar = _progress_bar(sum(map(len, segments)), "counting pieces", progress, unit="char")
-    for segment in segments:
-        for chunk in chunk_text(segment) if pattern in PATTERNS else [segment]:
-            counts.update(splitter.split(chunk))
-            bar.update(len(chunk))
-    bar.close()
-    return counts
-
-
-def learn_merges(
-    word_counts: dict[bytes, int],
-    num_merges: int,
-    min_frequency: int = 1,
-    progress: bool = False,
-) -> list[tuple[int, int]]:
-    """Learn up to ``num_merges`` merges from distinct words (byte strings) and their counts.
-
-    Every word is laid out once as a linked list of symbols. A pair → positions index and a
-    max-heap of pair counts give the next merge; merging updates only the counts of the pairs
-    around each occurrence (never re-scanning the words). Heap entries whose count went down
-    are re-pushed lazily when they reach the top. Stops early when no pair occurs at least
-    ``min_frequency`` times. Ties go to the smallest ``(left, right)`` pair of ids.
-
-    >>> learn_merges({b"abab": 2, b"ab": 1}, 3)  # 'ab' x5 -> 256; '256 256' x2 -> 257
-    [(97, 98), (256, 256)]
-    """
-    sym: list[int] = []  # the symbol at each position; -1 once merged into its left neighbour
-    weight: list[int] = []  # the count of the word each position belongs to
-    nxt: list[int] = []  # next position in the same word, or -1
-    prv: list[int] = []  # previous position in the same word, or -1
-    for word, count in word_counts.items():
-        n = len(word)
-        if n < 2:
-            continue
-        start = len(sym)
-        sym.extend(word)
-        weight.extend([count] * n)
-        nxt.extend(range(start + 1, start + n))
-        nxt.append(-1)
-        prv.append(-1)
-        prv.extend(range(start, start + n - 1))
-
-    counts: dict[int, int] = {}
-    where: defaultdict[int, list[int]] = defaultdict(list)  # pair -> left positions (some stale)
-    for i, j in enumerate(nxt):
-        if j >= 0:
-            key = sym[i] << _SHIFT | sym[j]
-            counts[key] = counts.get(key, 0) + weight[i]
-            where[key].append(i)
-
-    heap = [(-c, key) for key, c in counts.items()]
-    heapq.heapify(heap)
-    pop, push, get = heapq.heappop, heapq.heappush, counts.get
-    merges: list[tuple[int, int]] = []
-    created: list[int] = []  # the pairs the current merge made (all contain its new token)
-
-    def gain(pair: int, position: int, w: int) -> None:
-        """``pair`` now occurs at ``position`` in a word counted ``w`` times."""
-        counts[pair] = get(pair, 0) + w
-        positions = where[pair]
-        if not positions:
-            created.append(pair)
-        positions.append(position)
-
-    bar = _progress_bar(num_merges, "merging pairs", progress)
-    while len(merges) < num_merges and heap:
-        negative, key = pop(heap)
-        count = get(key, 0)
-        if count != -negative:  # stale entry: re-queue with its current count
-            if count > 0:
-                push(heap, (-count, key))
-            continue
-        if count < min_frequency:
-            break
-        a, b = key >> _SHIFT, key & _MASK
-        z = 256 + len(merges)
-        merges.append((a, b))
-        created.clear()
-        for i in where.pop(key):
-            j = nxt[i]
-            if sym[i] != a or j < 0 or sym[j] != b:
-                continue  # stale position: merged away since it was recorded
-            w = weight[i]
-            p = prv[i]
-            if p >= 0:  # (s, a) becomes (s, z)
-                s = sym[p] << _SHIFT
-                counts[s | a] -= w
-                gain(s | z, p, w)
-            n = nxt[j]
-            if n >= 0:  # (b, s) becomes (z, s)
-                counts[b << _SHIFT | sym[n]] -= w
-                gain(z << _SHIFT | sym[n], i, w)
-                prv[n] = i
-            sym[i] = z
-            sym[j] = -1
-            nxt[i] = n
-        del counts[key]
-        for k in created:
-            count = counts[k]
-            if count > 0:
-                push(heap, (-count, k))
-        bar.update(1)
-    bar.close()
-    return merges
-
-
-def _progress_bar(total: int, desc: str, progress: bool, unit: str = "merge") -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit=unit,
-        unit_scale=unit == "char",
-        disable=None if progress else True,
-    )
 
 
 # --- the tokenizer ---------------------------------------------------------------------------
@@ -215,13 +84,13 @@ class BPETokenizer(Tokenizer):
         self.special = list(special)
         self.splitter = Splitter(pattern)
         self.special_splitter = SpecialSplitter(self.special)
-        self._vocab_bytes = _merge_bytes(self.merges)
+        self._vocab_bytes = vocab_bytes(self.merges)
         base = len(self._vocab_bytes)
         _check_special(self.special, base)
         self.special_tokens = {s: base + i for i, s in enumerate(self.special)}
-        self._merge_ids = {a << _SHIFT | b: 256 + k for k, (a, b) in enumerate(self.merges)}
+        self._merge_ids = {a << PAIR_SHIFT | b: 256 + k for k, (a, b) in enumerate(self.merges)}
         self._token_bytes = self._vocab_bytes + [s.encode("utf-8") for s in self.special]
-        self._cache = _PieceCache(self._merge_piece)
+        self._cache = PieceCache(self._merge_piece)
         self._engine: Any = None
         self._engine_checked = False
 
@@ -230,14 +99,17 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def train(
         cls,
-        text: str,
+        text: str | Iterable[str],
         vocab_size: int,
         pattern: str = "gpt4",
         special: Iterable[str] = (),
         min_frequency: int = 1,
         progress: bool = False,
+        processes: int = 1,
     ) -> BPETokenizer:
-        """Learn ``vocab_size - 256 - len(special)`` merges from ``text``.
+        """Learn ``vocab_size - 256 - len(special)`` merges from ``text`` (or from the chunks
+        of one, see :func:`~lmforge.tokenizers.bpe_training.count_pieces`, whose piece
+        counting may use ``processes`` worker processes).
 
         Fewer merges are learned when no pair occurs ``min_frequency`` times any more (or the
         text has no pairs left), so ``vocab_size`` of the result may be smaller.
@@ -256,15 +128,19 @@ class BPETokenizer(Tokenizer):
             )
         if not isinstance(min_frequency, int) or min_frequency < 1:
             raise TokenizerError(f"min_frequency must be at least 1, got {min_frequency}")
-        if not text:
-            raise TokenizerError("cannot train a tokenizer on empty text; give some text")
-        pieces = count_pieces(text, pattern, special, progress)
+        if isinstance(text, str):
+            from lmforge.data.stream import chunk_text
+
+            text = chunk_text(text)
+        chunks = NonEmpty(text)
+        pieces = count_pieces(chunks, pattern, special, progress, processes)
+        chunks.check()
         word_counts: dict[bytes, int] = {}
         try:
             for piece, count in pieces.items():
                 word_counts[piece.encode("utf-8")] = count
         except UnicodeEncodeError as exc:
-            raise _surrogate_error(exc) from None
+            raise surrogate_error(exc) from None
         merges = learn_merges(word_counts, vocab_size - 256 - len(special), min_frequency, progress)
         return cls(merges, pattern=pattern, special=special)
 
@@ -333,7 +209,7 @@ class BPETokenizer(Tokenizer):
         recognised = self._recognised(text, allowed_special, disallowed_special)
         engine = self.engine()
         if engine is not None:
-            _check_encodable(text)
+            check_encodable(text)
             if not recognised:
                 return engine.encode_ordinary(text)
             return engine.encode(text, allowed_special=set(recognised), disallowed_special=())
@@ -360,7 +236,7 @@ class BPETokenizer(Tokenizer):
         """
         engine = self.engine()
         if engine is not None:
-            _check_encodable(text)
+            check_encodable(text)
             return engine.encode_ordinary(text)
         return self._encode_python(text)
 
@@ -370,7 +246,7 @@ class BPETokenizer(Tokenizer):
         try:
             return list(chain.from_iterable(map(self._cache.__getitem__, pieces)))
         except UnicodeEncodeError as exc:
-            raise _surrogate_error(exc) from None
+            raise surrogate_error(exc) from None
 
     def encode_array(
         self,
@@ -396,49 +272,30 @@ class BPETokenizer(Tokenizer):
         """
         return [self.encode(t, allowed_special, disallowed_special) for t in texts]
 
+    def encode_chunk(self, chunk: str, special_text: str = "plain") -> np.ndarray:
+        """One chunk of a corpus → ids: special-token text is ordinary text unless
+        ``special_text`` is ``allow`` (it becomes the special token) or ``error``."""
+        return self.encode_array(chunk, **special_text_options(special_text))
+
     def encode_chunks(
-        self,
-        chunks: Iterable[str],
-        processes: int | None = None,
-        allowed_special: SpecialSet = "all",
-        disallowed_special: SpecialSet = "all",
+        self, chunks: Iterable[str], special_text: str = "plain", processes: int = 1
     ) -> Iterator[np.ndarray]:
-        """Encode consecutive pieces of one corpus, in order, one array per piece. By default
-        special tokens in the text become special ids (documents separated by
-        ``<|endoftext|>``); ``allowed_special`` and ``disallowed_special`` as in :meth:`encode`.
-
-        On the tiktoken engine the pieces are encoded here; otherwise, from 4M characters on,
-        in ``processes`` worker processes (default: one per CPU), each sent the tokenizer once.
-        With a split that may merge across lines (``none``, a custom regex, a special token
-        containing a line break) the text is encoded in one piece and all ids come with the
-        last chunk.
-        """
+        """As :meth:`Tokenizer.encode_chunks`; but with a split that may merge across lines
+        (``none``, a custom regex, a special token containing a line break) the text is
+        encoded in one piece, and all ids come with the last chunk."""
+        if self.chunks_are_independent:
+            yield from super().encode_chunks(chunks, special_text, processes)
+            return
         chunks = list(chunks)
-        dtype = token_dtype(self.vocab_size)
-        specials = (allowed_special, disallowed_special)
-        if not chunks:
-            return
-        if not self._chunks_are_independent():
-            for _ in chunks[:-1]:
-                yield np.zeros(0, dtype=dtype)
-            yield self.encode_array("".join(chunks), *specials)
-            return
-        if processes is None:
-            total = sum(len(c) for c in chunks)
-            processes = 1 if self.engine() is not None else _default_processes(total)
-        if processes <= 1 or len(chunks) < 2:
-            for chunk in chunks:
-                yield self.encode_array(chunk, *specials)
-            return
-        context = multiprocessing.get_context("spawn")  # safe after torch has started threads
-        with context.Pool(
-            min(processes, len(chunks)),
-            initializer=_init_worker,
-            initargs=(self.to_dict(), specials),
-        ) as pool:
-            yield from pool.imap(_encode_in_worker, chunks)
+        for _ in chunks[:-1]:
+            yield np.zeros(0, dtype=token_dtype(self.vocab_size))
+        if chunks:
+            yield self.encode_chunk("".join(chunks), special_text)
 
-    def _chunks_are_independent(self) -> bool:
+    @property
+    def chunks_are_independent(self) -> bool:
+        """False for a split that may merge across lines (``none``, a custom regex) or a
+        special token containing a line break."""
         return self.pattern in PATTERNS and not any("\n" in s for s in self.special)
 
     def _special_set(self, which: SpecialSet) -> set[str]:
@@ -492,26 +349,7 @@ class BPETokenizer(Tokenizer):
         >>> BPETokenizer([(97, 97), (256, 97)]).merge_bytes(b"aaaaa")
         [256, 257]
         """
-        ids = list(data)
-        if len(ids) >= _LONG_PIECE:
-            return _merge_long(ids, self._merge_ids)
-        get = self._merge_ids.get
-        while len(ids) > 1:
-            ranks = [get(a << _SHIFT | b, _NO_MERGE) for a, b in pairwise(ids)]
-            z = min(ranks)
-            if z == _NO_MERGE:
-                break
-            merged: list[int] = []
-            i, n = 0, len(ids)
-            while i < n:
-                if i < n - 1 and ranks[i] == z:
-                    merged.append(z)
-                    i += 2
-                else:
-                    merged.append(ids[i])
-                    i += 1
-            ids = merged
-        return ids
+        return apply_merges(data, self._merge_ids)
 
     def engine(self) -> Any:
         """The ``tiktoken.Encoding`` that encodes for this tokenizer, or ``None`` for the
@@ -630,138 +468,14 @@ class BPEStreamDecoder:
         return self._decoder.decode(b"", final=True)
 
 
-class _PieceCache(dict):  # type: ignore[type-arg]
-    """piece → ids, computed on first use; stops growing at ``_CACHE_LIMIT`` pieces."""
-
-    def __init__(self, merge: Any) -> None:
-        super().__init__()
-        self.merge = merge
-
-    def __missing__(self, piece: str) -> list[int]:
-        ids = self.merge(piece)
-        if len(self) < _CACHE_LIMIT:
-            self[piece] = ids
-        return ids
-
-
-def _merge_long(ids: list[int], merge_ids: dict[int, int]) -> list[int]:
-    """The same merges as ``_merge_piece`` in O(n log n) for long pieces: a heap of
-    (new id, position) over a linked list; the earliest-learned pair merges first, leftmost
-    occurrence first.
-
-    >>> _merge_long([97, 97, 97], {97 << 24 | 97: 256})
-    [256, 97]
-    """
-    n = len(ids)
-    if n < 2:
-        return ids
-    nxt = list(range(1, n + 1))
-    nxt[-1] = -1
-    prv = list(range(-1, n - 1))
-    get = merge_ids.get
-    heap = []
-    for i in range(n - 1):
-        z = get(ids[i] << _SHIFT | ids[i + 1])
-        if z is not None:
-            heap.append((z, i))
-    heapq.heapify(heap)
-    while heap:
-        z, i = heapq.heappop(heap)
-        j = nxt[i]
-        if ids[i] < 0 or j < 0 or get(ids[i] << _SHIFT | ids[j]) != z:
-            continue  # stale: this pair no longer sits at i
-        ids[i] = z
-        ids[j] = -1
-        k = nxt[j]
-        nxt[i] = k
-        if k >= 0:
-            prv[k] = i
-            w = get(z << _SHIFT | ids[k])
-            if w is not None:
-                heapq.heappush(heap, (w, i))
-        p = prv[i]
-        if p >= 0:
-            w = get(ids[p] << _SHIFT | z)
-            if w is not None:
-                heapq.heappush(heap, (w, p))
-    return [t for t in ids if t >= 0]
-
-
-def _merge_bytes(merges: list[tuple[int, int]]) -> list[bytes]:
-    """The bytes of the 256 byte tokens and of each merged token.
-
-    >>> _merge_bytes([(104, 105)])[256]
-    b'hi'
-    """
-    if 256 + len(merges) > _MAX_VOCAB:
-        raise TokenizerError(f"BPE vocabularies are limited to {_MAX_VOCAB} tokens")
-    table = [bytes([i]) for i in range(256)]
-    for k, (a, b) in enumerate(merges):
-        if not (0 <= a < 256 + k and 0 <= b < 256 + k):
-            raise TokenizerError(
-                f"BPE merge {k} ({a}, {b}) refers to a token that does not exist yet; "
-                "re-create the tokenizer"
-            )
-        table.append(table[a] + table[b])
-    return table
-
-
 def _check_special(special: list[str], base: int) -> None:
     for s in special:
         if not isinstance(s, str) or not s:
             raise TokenizerError(f"special token {s!r} must be a non-empty string")
     if len(set(special)) != len(special):
         raise TokenizerError("special tokens must be distinct; drop the repeated one")
-    if base + len(special) > _MAX_VOCAB:
-        raise TokenizerError(f"BPE vocabularies are limited to {_MAX_VOCAB} tokens")
-
-
-def _check_encodable(text: str) -> None:
-    """Raise the error the pure-Python encoder gives for a lone surrogate (tiktoken would
-    silently replace it)."""
-    match = None if text.isascii() else _SURROGATE.search(text)
-    if match is not None:
-        raise _surrogate_error(
-            UnicodeEncodeError("utf-8", text, match.start(), match.start() + 1, "surrogate")
-        )
-
-
-def _surrogate_error(exc: UnicodeEncodeError) -> TokenizerError:
-    char = exc.object[exc.start]
-    return TokenizerError(
-        f"the text contains U+{ord(char):04X}, a lone surrogate that UTF-8 cannot encode; "
-        "fix the text (e.g. read it with errors='replace')"
-    )
-
-
-def _default_processes(total_chars: int) -> int:
-    if total_chars < _PARALLEL_MIN_CHARS:
-        return 1
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, total_chars // (_PARALLEL_MIN_CHARS // 2)))
-
-
-_WORKER_TOKENIZER: BPETokenizer | None = None
-
-
-_WORKER_SPECIALS: tuple[SpecialSet, SpecialSet] = ("all", "all")
-
-
-def _init_worker(description: dict[str, Any], specials: tuple[SpecialSet, SpecialSet]) -> None:
-    global _WORKER_TOKENIZER, _WORKER_SPECIALS
-    from lmforge.tokenizers.base import tokenizer_from_dict
-
-    _WORKER_TOKENIZER = tokenizer_from_dict(description)  # type: ignore[assignment]
-    _WORKER_TOKENIZER._engine_checked = True  # workers run the pure-Python encoder
-    _WORKER_SPECIALS = specials
-
-
-def _encode_in_worker(chunk: str) -> np.ndarray:
-    assert _WORKER_TOKENIZER is not None
-    return _WORKER_TOKENIZER.encode_array(chunk, *_WORKER_SPECIALS)
+    if base + len(special) > MAX_VOCAB:
+        raise TokenizerError(f"BPE vocabularies are limited to {MAX_VOCAB} tokens")
 
 
 __all__ = [

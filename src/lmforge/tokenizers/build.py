@@ -9,6 +9,8 @@ from typing import Any
 
 from lmforge.config import TokenizerConfig
 from lmforge.data.corpora import Corpus
+from lmforge.data.reader import Span, corpus_spans, read_blocks, total_bytes
+from lmforge.data.stream import corpus_chunks, default_processes, split_sources
 from lmforge.errors import ConfigError
 from lmforge.tokenizers.base import Tokenizer, load_tokenizer, train_tokenizer
 
@@ -43,8 +45,8 @@ def tokenizer_options(config: TokenizerConfig) -> dict[str, Any]:
     raise ConfigError(f"unknown tokenizer {config.kind!r}; choose {', '.join(KINDS)}")
 
 
-def tokenizer_training_text(kind: str, corpus: Corpus, val_fraction: float | None) -> str:
-    """The text a tokenizer of ``kind`` learns from.
+def tokenizer_training_spans(kind: str, corpus: Corpus, val_fraction: float | None) -> list[Span]:
+    """Where the text a tokenizer of ``kind`` learns from lies.
 
     Character and word vocabularies are built from all of the corpus's text (so held-out text
     has no unknown tokens, as in nanoGPT and PyTorch's word-language-model example); BPE merges
@@ -52,12 +54,16 @@ def tokenizer_training_text(kind: str, corpus: Corpus, val_fraction: float | Non
     ``val_fraction`` is given and the corpus has no validation file.
     """
     if kind != "bpe":
-        return "".join(corpus.read(split) for split in corpus.splits)
+        return [span for split in corpus.splits for span in corpus_spans(corpus, split)]
     if val_fraction is None:
-        return corpus.read("train")
-    from lmforge.data.stream import split_texts
+        return corpus_spans(corpus, "train")
+    return split_sources(corpus, val_fraction)["train"]
 
-    return split_texts(corpus, val_fraction)["train"]
+
+def tokenizer_training_text(kind: str, corpus: Corpus, val_fraction: float | None) -> str:
+    """The text a tokenizer of ``kind`` learns from (see :func:`tokenizer_training_spans`),
+    read into memory: for small corpora."""
+    return "".join(read_blocks(tokenizer_training_spans(kind, corpus, val_fraction)))
 
 
 def build_tokenizer(
@@ -67,12 +73,13 @@ def build_tokenizer(
     progress: bool = False,
 ) -> Tokenizer:
     """The run's tokenizer: loaded from ``config.file``, or trained on the corpus (see
-    :func:`tokenizer_training_text`)."""
+    :func:`tokenizer_training_spans`), read a chunk at a time."""
     if config.file:
         return load_tokenizer(config.file)
     options = tokenizer_options(config)
+    spans = tokenizer_training_spans(config.kind, corpus, val_fraction)
     if config.kind == "bpe":
         options["progress"] = progress
-    return train_tokenizer(
-        config.kind, tokenizer_training_text(config.kind, corpus, val_fraction), **options
-    )
+    if config.kind in ("bpe", "word"):
+        options["processes"] = default_processes(total_bytes(spans))
+    return train_tokenizer(config.kind, corpus_chunks(spans), **options)

@@ -15,9 +15,12 @@ import numpy as np
 from lmforge.errors import TokenizerError
 from lmforge.tokenizers.base import (
     UNK,
+    NonEmpty,
     Tokenizer,
+    check_encodable,
     check_ids,
     register_tokenizer,
+    surrogate_error,
     token_dtype,
     unknown_token_error,
 )
@@ -33,8 +36,9 @@ class CharTokenizer(Tokenizer):
     def __init__(self, chars: Iterable[str], unk: bool = False) -> None:
         self.chars = list(chars)
         for c in self.chars:
-            if len(c) != 1:
+            if not isinstance(c, str) or len(c) != 1:
                 raise TokenizerError(f"character tokenizer entry {c!r} is not one character")
+        check_encodable("".join(self.chars))
         if len(set(self.chars)) != len(self.chars):
             raise TokenizerError("character tokenizer has repeated characters; re-create it")
         self.unk = unk
@@ -46,15 +50,19 @@ class CharTokenizer(Tokenizer):
         self._sorted_ids = order
 
     @classmethod
-    def train(cls, text: str, unk: bool = False) -> CharTokenizer:
-        """Build the vocabulary from ``text``.
+    def train(cls, text: str | Iterable[str], unk: bool = False) -> CharTokenizer:
+        """Build the vocabulary from ``text`` (a string, or its chunks: read a chunk at a
+        time).
 
         >>> CharTokenizer.train("abca").chars
         ['a', 'b', 'c']
         """
-        if not text:
-            raise TokenizerError("cannot train a tokenizer on empty text; give some text")
-        return cls(sorted(set(text)), unk=unk)
+        chunks = NonEmpty(text)
+        seen: set[str] = set()
+        for chunk in chunks:
+            seen.update(chunk)
+        chunks.check()
+        return cls(sorted(seen), unk=unk)
 
     @property
     def vocab_size(self) -> int:
@@ -68,7 +76,11 @@ class CharTokenizer(Tokenizer):
         dtype = token_dtype(self.vocab_size)
         if not text:
             return np.zeros(0, dtype=dtype)
-        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        try:
+            encoded = text.encode("utf-32-le")
+        except UnicodeEncodeError as exc:
+            raise surrogate_error(exc) from None
+        points = np.frombuffer(encoded, dtype=np.uint32).astype(np.int64)
         pos = np.searchsorted(self._sorted_codepoints, points)
         pos = np.minimum(pos, len(self._sorted_codepoints) - 1)
         found = self._sorted_codepoints[pos] == points if len(pos) else pos.astype(bool)

@@ -19,17 +19,11 @@ import numpy as np
 
 from lmforge.config import TokenizerConfig
 from lmforge.data.corpora import Corpus, resolve_corpus
+from lmforge.data.reader import Span, corpus_spans, read_blocks, total_bytes
 from lmforge.errors import LmforgeError
 from lmforge.fileio import atomic_path
 from lmforge.tokenizers.base import Tokenizer, load_tokenizer, token_dtype
 from lmforge.tokenizers.build import build_tokenizer
-
-SPECIAL_TEXT = {
-    # --special-text: what special-token text in a corpus becomes (BPE).
-    "allow": {"allowed_special": "all"},
-    "plain": {"allowed_special": "none", "disallowed_special": ()},
-    "error": {"allowed_special": "none", "disallowed_special": "all"},
-}
 
 
 def tokenize_train(args: argparse.Namespace) -> int:
@@ -73,16 +67,17 @@ def tokenize_train(args: argparse.Namespace) -> int:
 
 
 def tokenize_encode(args: argparse.Namespace) -> int:
-    """Encode a corpus into a raw little-endian uint16/uint32 file (nanoGPT's ``.bin``)."""
+    """Encode a corpus into a raw little-endian uint16/uint32 file (nanoGPT's ``.bin``), a
+    chunk at a time, in worker processes for a large corpus."""
     tokenizer = load_tokenizer(args.tokenizer)
-    text = _corpus_text(resolve_corpus(args.corpus, args.data_dir), args.split)
+    spans = _corpus_spans(resolve_corpus(args.corpus, args.data_dir), args.split)
     dtype = token_dtype(tokenizer.vocab_size).newbyteorder("<")
     count = 0
     with atomic_path(args.output) as tmp, open(tmp, "wb") as out:
-        for ids in _encode(tokenizer, text, args.special_text, not args.quiet):
+        for ids in _encode(tokenizer, spans, args.special_text, not args.quiet):
             ids.astype(dtype, copy=False).tofile(out)
             count += len(ids)
-    n_bytes = len(text.encode("utf-8"))
+    n_bytes = total_bytes(spans)
     per_token = f"{n_bytes / count:.3f}" if count else "-"
     print(
         f"{count:,} tokens ({dtype.name}, {per_token} bytes per token) written to {args.output}",
@@ -112,8 +107,10 @@ def tokenize_export(args: argparse.Namespace) -> int:
 def tokenize_stats(args: argparse.Namespace) -> int:
     """Tokens, bytes per token, and the longest and most frequent tokens on a corpus."""
     tokenizer = load_tokenizer(args.tokenizer)
-    text = _corpus_text(resolve_corpus(args.corpus, args.data_dir), args.split)
-    parts = list(_encode(tokenizer, text, args.special_text, not args.quiet and not args.json))
+    corpus = resolve_corpus(args.corpus, args.data_dir)
+    text = _corpus_text(corpus, args.split)
+    spans = _corpus_spans(corpus, args.split)
+    parts = list(_encode(tokenizer, spans, args.special_text, not args.quiet and not args.json))
     ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     stats = corpus_stats(tokenizer, text, ids, args.top)
     if args.json:
@@ -178,30 +175,30 @@ def corpus_stats(tokenizer: Tokenizer, text: str, ids: np.ndarray, top: int) -> 
     }
 
 
-def _corpus_text(corpus: Corpus, split: str) -> str:
+def _corpus_spans(corpus: Corpus, split: str) -> list[Span]:
     splits = list(corpus.splits) if split == "all" else [split]
-    text = "".join(corpus.read(s) for s in splits)
-    if not text:
+    spans = [span for name in splits for span in corpus_spans(corpus, name)]
+    if not total_bytes(spans):
         raise LmforgeError(f"corpus {corpus.name!r} is empty; give a file with some text")
-    return text
+    return spans
+
+
+def _corpus_text(corpus: Corpus, split: str) -> str:
+    return "".join(read_blocks(_corpus_spans(corpus, split)))
 
 
 def _encode(
-    tokenizer: Tokenizer, text: str, special_text: str, progress: bool
+    tokenizer: Tokenizer, spans: list[Span], special_text: str, progress: bool
 ) -> Iterator[np.ndarray]:
     from tqdm import tqdm
 
-    from lmforge.data.stream import chunk_text
+    from lmforge.data.stream import default_processes, encode_spans
 
-    pieces = list(chunk_text(text))
-    options: dict[str, Any] = SPECIAL_TEXT[special_text] if tokenizer.kind == "bpe" else {}
+    size = total_bytes(spans)
+    processes = default_processes(size) if tokenizer.chunks_are_independent else 1
     with tqdm(
-        total=len(text),
-        unit="char",
-        unit_scale=True,
-        desc="encoding",
-        disable=None if progress else True,
+        total=size, unit="B", unit_scale=True, desc="encoding", disable=None if progress else True
     ) as bar:
-        for piece, ids in zip(pieces, tokenizer.encode_chunks(pieces, **options), strict=True):
-            bar.update(len(piece))
+        for ids, _, n_bytes in encode_spans(tokenizer, spans, special_text, processes):
+            bar.update(n_bytes)
             yield ids

@@ -26,6 +26,7 @@ from lmforge.errors import TokenizerError
 from lmforge.tokenizers.base import (
     UNK,
     Tokenizer,
+    check_encodable,
     check_ids,
     register_tokenizer,
     token_dtype,
@@ -58,6 +59,9 @@ class WordTokenizer(Tokenizer):
                 f"unknown word split {split!r}; choose one of {', '.join(SPLIT_PATTERNS)}"
             )
         self.tokens = list(tokens)
+        if not all(isinstance(t, str) and t for t in self.tokens):
+            raise TokenizerError("word tokenizer tokens must be non-empty strings; re-create it")
+        check_encodable("".join(self.tokens))
         self.vocab = {t: i for i, t in enumerate(self.tokens)}
         if len(self.vocab) != len(self.tokens):
             raise TokenizerError("word tokenizer has repeated tokens; re-create it")
@@ -69,14 +73,17 @@ class WordTokenizer(Tokenizer):
     @classmethod
     def train(
         cls,
-        text: str,
+        text: str | Iterable[str],
         split: str = "words",
         lowercase: bool = False,
         min_freq: int = 1,
         max_vocab: int | None = None,
         unk: bool = False,
+        processes: int = 1,
     ) -> WordTokenizer:
-        """Build the vocabulary from ``text``.
+        """Build the vocabulary from ``text`` (a string, or its chunks as cut by
+        :func:`lmforge.data.stream.chunk_text`: counted a chunk at a time, in ``processes``
+        worker processes when more than one).
 
         Tokens seen fewer than ``min_freq`` times are dropped; ``max_vocab`` keeps the most
         frequent (ties: earliest first). Kept tokens stay in order of first appearance. When
@@ -94,10 +101,21 @@ class WordTokenizer(Tokenizer):
             raise TokenizerError(f"min_freq must be at least 1, got {min_freq}")
         if max_vocab is not None and max_vocab < 2:
             raise TokenizerError(f"max_vocab must be at least 2, got {max_vocab}")
-        words = re.findall(SPLIT_PATTERNS[split], text.lower() if lowercase else text)
-        if not words:
+        chunks = [text] if isinstance(text, str) else text
+        if processes > 1:
+            from lmforge.tokenizers.parallel import ordered_map
+
+            counted = ordered_map(
+                _count_words, chunks, processes, _init_counter, (split, lowercase)
+            )
+        else:
+            _init_counter(split, lowercase)
+            counted = map(_count_words, chunks)
+        counts: Counter[str] = Counter()  # insertion order = first appearance
+        for chunk_counts in counted:
+            counts.update(chunk_counts)
+        if not counts:
             raise TokenizerError("cannot train a word tokenizer on text with no words")
-        counts = Counter(words)  # insertion order = first appearance
         first_seen = {w: i for i, w in enumerate(counts)}
         kept = [w for w, c in counts.items() if c >= min_freq]
         room = None if max_vocab is None else max_vocab - (0 if UNK in counts else 1)
@@ -170,6 +188,21 @@ class WordTokenizer(Tokenizer):
     @classmethod
     def _from_fields(cls, fields: dict[str, Any]) -> WordTokenizer:
         return cls(fields["tokens"], split=fields["split"], lowercase=bool(fields["lowercase"]))
+
+
+_COUNTER: tuple[re.Pattern[str], bool] | None = None
+
+
+def _init_counter(split: str, lowercase: bool) -> None:
+    global _COUNTER
+    _COUNTER = (re.compile(SPLIT_PATTERNS[split]), lowercase)
+
+
+def _count_words(chunk: str) -> Counter[str]:
+    """How often each token occurs in one chunk, in order of first appearance."""
+    assert _COUNTER is not None
+    pattern, lowercase = _COUNTER
+    return Counter(pattern.findall(chunk.lower() if lowercase else chunk))
 
 
 class _WordStreamDecoder:

@@ -22,7 +22,11 @@ def prepare_data(
             config.tokenizer, corpus, config.data.val_fraction, progress=progress
         )
     stream = encode_corpus(
-        corpus, tokenizer, val_fraction=config.data.val_fraction, progress=progress
+        corpus,
+        tokenizer,
+        val_fraction=config.data.val_fraction,
+        progress=progress,
+        special_text=config.tokenizer.special_text,
     )
     return tokenizer, stream
 

@@ -86,7 +86,8 @@ def _train(
         tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
         corpus = resolve_corpus(config.data.corpus, config.data.data_dir)
         recorded = read_run_config(run_dir).get("token_stream")
-        if recorded not in (None, stream_key(corpus, tokenizer, config.data.val_fraction)):
+        key = stream_key(corpus, tokenizer, config.data.val_fraction, config.tokenizer.special_text)
+        if recorded not in (None, key):
             raise RunError(
                 f"cannot resume {run_dir}: the corpus changed since the run started; resume "
                 "with the original text"
