@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from lmforge.errors import DownloadError
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -16,6 +20,27 @@ if "LMFORGE_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
     # Named corpora come from ../shared/data when it is there (as in CI), else from
     # LMFORGE_DATA_DIR or a download.
     os.environ["LMFORGE_DATA_DIR"] = str(SHARED_DATA)
+
+
+@contextmanager
+def _skip_when_offline() -> Iterator[None]:
+    """Turn a corpus that is neither in LMFORGE_DATA_DIR nor downloadable into a skip."""
+    try:
+        yield
+    except DownloadError as exc:
+        pytest.skip(f"needs a corpus that is not on this machine and cannot be downloaded: {exc}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _skip_when_offline():
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _skip_when_offline():
+        return (yield)
 
 
 @pytest.fixture(autouse=True)

@@ -139,8 +139,10 @@ def test_sample_from_a_missing_run_is_a_one_line_error(tmp_path, capsys):
     assert err.startswith("lmforge: error: run directory not found") and err.count("\n") == 1
 
 
-@pytest.mark.integration
-def test_demo_trains_and_prints_a_sample(tmp_path, capsys):
+def test_demo_trains_and_prints_a_sample_offline(tmp_path, capsys, monkeypatch):
+    """The README's first command works with no data directory and no network."""
+    monkeypatch.setenv("LMFORGE_DATA_DIR", str(tmp_path / "empty-data-dir"))
+    monkeypatch.setenv("LMFORGE_OFFLINE", "1")
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--seconds", "6", "--length", "50", "--quiet"]) == 0
     printed = capsys.readouterr().out

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from lmforge import __version__
 from lmforge.errors import ConfigError, LmforgeError
@@ -298,11 +298,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = _nested(args, _ALL_TRAIN_FLAGS)
     if args.resume:
         if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
-            raise LmforgeError("--resume RUN continues RUN in place; drop --out")
+            raise ConfigError("--resume RUN continues RUN in place; drop --out")
+        for flag, given in (("--config", args.config), ("--overwrite", args.overwrite)):
+            if given:
+                raise ConfigError(
+                    f"{flag} does not apply to --resume (a resumed run keeps the settings in "
+                    f"its config.json); drop {flag}, or start a new run with --out"
+                )
         allowed = {k: v for k, v in overrides.get("train", {}).items()}
         if set(overrides) - {"train"}:
             shown = ", ".join(sorted(set(overrides) - {"train"}))
-            raise LmforgeError(f"{shown} settings cannot change when resuming; drop those flags")
+            raise ConfigError(f"{shown} settings cannot change when resuming; drop those flags")
         config = resume_config(args.resume, allowed)
         result = train(config, resume=True, progress=not args.quiet)
     else:
@@ -552,8 +558,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser ----------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other lmforge error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lmforge",
         description="Build, train, evaluate and sample language models.",
     )
@@ -801,7 +814,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except LmforgeError as exc:
-        print(f"lmforge: error: {exc}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"lmforge: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)

@@ -24,7 +24,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import tomllib
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,14 @@ class DataConfig:
     corpus: str = "tinyshakespeare"
     data_dir: str | None = None
     val_fraction: float = 0.1
+
+    def validate(self) -> None:
+        """Raise a one-line error for an impossible setting."""
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(
+                f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}; "
+                "for example 0.1 holds out the last tenth of the text"
+            )
 
 
 @dataclasses.dataclass
@@ -56,6 +67,19 @@ class TokenizerConfig:
     unk: bool = False
     word_split: str = "words"
     special_text: str = "plain"  # special-token text in the corpus: plain, allow or error
+
+    def validate(self) -> None:
+        """Raise a one-line error for an impossible setting."""
+        if self.kind not in ("char", "word", "bpe"):
+            raise ConfigError(f"--tokenizer must be char, word or bpe, not {self.kind!r}")
+        if self.word_split not in ("words", "whitespace"):
+            raise ConfigError(f"--word-split must be words or whitespace, not {self.word_split!r}")
+        if self.min_freq < 1:
+            raise ConfigError(f"--min-freq must be at least 1, got {self.min_freq}")
+        for name in ("vocab_size", "max_vocab"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{_flag(name)} must be at least 1, got {value}")
 
 
 @dataclasses.dataclass
@@ -99,6 +123,19 @@ class TrainConfig:
             raise ConfigError("give --max-steps or --time-budget (or both) so training can end")
         if self.learning_rate <= 0:
             raise ConfigError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if self.min_lr is not None and self.min_lr < 0:
+            raise ConfigError(f"--min-lr must be 0 or more, got {self.min_lr}")
+        for name in ("warmup_steps", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{_flag(name)} must be 0 or more, got {getattr(self, name)}")
+        for name in ("beta1", "beta2", "momentum"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(
+                    f"--{name} must be at least 0 and below 1, got {getattr(self, name)} "
+                    "(the usual values are beta1 0.9, beta2 0.95 to 0.999, momentum 0.9)"
+                )
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"--seed must be between 0 and 2**63 - 1, got {self.seed}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"--optimizer must be adamw or sgd, not {self.optimizer!r}")
         if self.lr_schedule not in ("cosine", "constant"):
@@ -130,14 +167,29 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        """Rebuild from :meth:`to_dict`; unknown keys are an error."""
-        return cls(
-            out=data["out"],
+        """Rebuild from :meth:`to_dict`; unknown keys, values of the wrong type and impossible
+        settings are a :class:`ConfigError`."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a run configuration is a table of settings, not {data!r}")
+        out = data.get("out")
+        if not isinstance(out, str) or not out:
+            raise ConfigError(
+                "give --out RUN_DIR (or `out` in the config file) for the run's files"
+            )
+        model = data.get("model", {"family": "lstm"})
+        if not isinstance(model, dict):
+            raise ConfigError(f"[model] must be a table of settings, not {model!r}")
+        config = cls(
+            out=out,
             data=_section(DataConfig, data.get("data", {}), "data"),
             tokenizer=_section(TokenizerConfig, data.get("tokenizer", {}), "tokenizer"),
-            model=dict(data.get("model", {"family": "lstm"})),
+            model=dict(model),
             train=_section(TrainConfig, data.get("train", {}), "train"),
         )
+        config.data.validate()
+        config.tokenizer.validate()
+        config.train.validate()
+        return config
 
 
 # Per-family defaults: what `lmforge train --model X` uses when no flag says otherwise.
@@ -290,10 +342,8 @@ def resolve_config(overrides: dict[str, Any], config_file: str | Path | None = N
     merged["model"].pop("preset", None)
     if family in ("transformer", "context"):
         _fit_block_size(merged)
-    if not merged.get("out"):
-        raise ConfigError("give --out RUN_DIR (or `out` in the config file) for the run's files")
     config = RunConfig.from_dict(merged)
-    config.train.validate()
+    check_model_options(config.model)
     return config
 
 
@@ -408,14 +458,98 @@ def _drop_none(tree: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _section(cls: type, values: dict[str, Any], name: str) -> Any:
+def _section(cls: type, values: Any, name: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{name}] must be a table of settings, not {values!r}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(
             f"unknown {name} option(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}"
         )
+    check_types(cls, values, name)
     return cls(**values)
+
+
+def check_types(cls: type, values: dict[str, Any], section: str) -> None:
+    """Raise a :class:`ConfigError` unless each of ``values`` has the type its field in the
+    dataclass ``cls`` declares (an integer serves for a float; floats must be finite).
+
+    >>> check_types(TrainConfig, {"batch_size": "64"}, "train")
+    Traceback (most recent call last):
+    lmforge.errors.ConfigError: [train] batch_size must be an integer, not '64'; ...
+    """
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if name in hints and not _has_type(value, hints[name]):
+            raise ConfigError(
+                f"[{section}] {name} must be {_describe(hints[name])}, not {value!r}; "
+                f"write it as such (for example {name} = {_example(hints[name])})"
+            )
+
+
+def check_model_options(model: dict[str, Any]) -> None:
+    """Check the option types of a ``[model]`` table against its family's configuration
+    (unknown families and options are reported when the model is built)."""
+    from lmforge.models.base import MODEL_FAMILIES, model_families
+
+    family = model.get("family", "lstm")
+    if not isinstance(family, str) or family not in model_families():
+        raise ConfigError(f"unknown model {family!r}; choose one of {', '.join(model_families())}")
+    config_class = MODEL_FAMILIES[family].config_class
+    known = {k: v for k, v in model.items() if k != "family"}
+    check_types(config_class, known, "model")
+    for name, value in known.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise ConfigError(f"--{_flag(name)} must be at least 1, got {value}")
+    dropout = known.get("dropout", 0.0)
+    if isinstance(dropout, int | float) and not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"--dropout must be at least 0 and below 1, got {dropout}")
+    names = {f.name for f in dataclasses.fields(config_class)}
+    if set(known) <= names:  # the shape's own checks, before any text is tokenized
+        config_class(**{"vocab_size": 1, **known})
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_has_type(value, option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        if isinstance(value, float):
+            return math.isfinite(value)
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_has_type(v, item) for v in value)
+    return True
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+_EXAMPLES = {bool: "true", int: "64", float: "0.1", str: '"text"'}
+
+
+def _describe(hint: Any) -> str:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        names = [_describe(h) for h in typing.get_args(hint) if h is not type(None)]
+        return " or ".join(names)
+    if typing.get_origin(hint) is list:
+        return "a list of strings"
+    return _TYPE_NAMES.get(hint, str(hint))
+
+
+def _example(hint: Any) -> str:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(h for h in typing.get_args(hint) if h is not type(None))
+    if typing.get_origin(hint) is list:
+        return '["<|endoftext|>"]'
+    return _EXAMPLES.get(hint, "...")
 
 
 def _flag(name: str) -> str:

@@ -34,8 +34,15 @@ def pick_device(requested: str | None = None) -> torch.device:
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
-            "--device cuda was asked for, but CUDA is not available; use --device cpu"
+            f"--device {requested} was asked for, but CUDA is not available; use --device cpu"
         )
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ConfigError(
+                f"--device {requested} was asked for, but this machine has {count} CUDA "
+                f"device(s), cuda:0 to cuda:{count - 1}; pick one of those or --device cuda"
+            )
     if device.type == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):

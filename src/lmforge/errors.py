@@ -13,6 +13,11 @@ class CorpusError(LmforgeError):
     """A corpus cannot be found, downloaded, verified or read."""
 
 
+class DownloadError(CorpusError):
+    """A named corpus is not on this machine and cannot be downloaded (offline, or
+    ``LMFORGE_OFFLINE`` is set)."""
+
+
 class TokenizerError(LmforgeError):
     """A tokenizer cannot be trained, loaded, or used on some text."""
 

@@ -60,15 +60,18 @@ class SampleConfig:
         """Raise a one-line error for an impossible setting."""
         if self.max_new_tokens < 0:
             raise ConfigError(f"--length must be 0 or more, got {self.max_new_tokens}")
-        if self.temperature < 0 or not math.isfinite(self.temperature):
-            raise ConfigError(f"--temperature must be 0 or more, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ConfigError(
+                f"--temperature must be a finite number, 0 or more, got {self.temperature}"
+            )
         if self.top_k is not None and self.top_k < 0:
             raise ConfigError(f"--top-k must be 0 (off) or more, got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
             raise ConfigError(
-                f"--repetition-penalty must be positive, got {self.repetition_penalty}"
+                f"--repetition-penalty must be a positive finite number (1 is off), "
+                f"got {self.repetition_penalty}"
             )
         if self.num_samples < 1:
             raise ConfigError(f"--num-samples must be at least 1, got {self.num_samples}")

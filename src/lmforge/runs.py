@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
+from lmforge.config import RunConfig, check_model_options
 from lmforge.device import pick_device
-from lmforge.errors import RunError
+from lmforge.errors import ConfigError, RunError
 from lmforge.fileio import atomic_write_with
 from lmforge.models.base import LanguageModel, model_from_config
 from lmforge.tokenizers.base import Tokenizer, load_tokenizer
@@ -60,19 +61,39 @@ def save_weights(model: LanguageModel, path: str | os.PathLike[str], **metadata:
 
 
 def load_weights(model: LanguageModel, path: str | os.PathLike[str]) -> None:
-    """Load safetensors weights into ``model`` (strict: every tensor must match)."""
-    from safetensors import SafetensorError
+    """Load safetensors weights into ``model`` (strict: every tensor must match in name and
+    shape)."""
     from safetensors.torch import load_model
 
+    shapes = _stored_shapes(path)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    for name, shape in shapes.items():
+        if name in expected and shape != expected[name]:
+            raise RunError(
+                f"weights in {path} do not fit the model in config.json: {name} has shape "
+                f"{list(shape)}, the model needs {list(expected[name])}; the weights and "
+                "config.json come from different runs: put back the run's own files or train again"
+            )
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
-    except (SafetensorError, OSError, RuntimeError) as exc:
+    except Exception as exc:  # safetensors and torch raise many kinds on a damaged file
         raise RunError(f"cannot read weights from {path} ({exc}); the file is damaged") from None
     if missing or unexpected:
         raise RunError(
             f"weights in {path} do not fit the model in config.json (missing {sorted(missing)}, "
             f"unexpected {sorted(unexpected)}); the run directory mixes files of two runs"
         )
+
+
+def _stored_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """The name and shape of each tensor in a safetensors file, read from its header."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+    except Exception as exc:  # SafetensorError, OSError, ValueError... on a damaged header
+        raise RunError(f"cannot read weights from {path} ({exc}); the file is damaged") from None
 
 
 def read_run_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -90,12 +111,34 @@ def read_run_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunError(f"{path} is damaged ({exc}); the run cannot be read") from None
+    if not isinstance(config, dict):
+        raise RunError(f"{path} is damaged (it holds no table of settings); train the run again")
     schema = config.get("schema_version")
     if schema != SCHEMA_VERSION:
         raise RunError(
             f"{path} has run schema version {schema!r}; this lmforge reads version {SCHEMA_VERSION}"
         )
+    try:
+        _check_run_config(config)
+    except ConfigError as exc:
+        raise RunError(
+            f"{path} is damaged or was edited: {exc}; put back the file the run wrote, "
+            "or train again"
+        ) from None
     return config
+
+
+def _check_run_config(config: dict[str, Any]) -> None:
+    """Raise a :class:`ConfigError` for a missing entry or a value of the wrong type."""
+    for key in ("model", "run"):
+        if not isinstance(config.get(key), dict):
+            raise ConfigError(f"the {key!r} entry is missing or not a table")
+    model = config["model"]
+    vocab_size = model.get("vocab_size")
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1:
+        raise ConfigError(f"model vocab_size must be a positive integer, not {vocab_size!r}")
+    check_model_options(model)
+    RunConfig.from_dict(config["run"])
 
 
 def load_run(
@@ -116,7 +159,19 @@ def load_run(
             "evaluation of the run, or train again"
         )
     tokenizer = load_tokenizer(directory / TOKENIZER_FILE)
-    model = model_from_config(config["model"])
+    model_vocab = config["model"]["vocab_size"]
+    if tokenizer.vocab_size != model_vocab:
+        raise RunError(
+            f"{directory / TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but the model in "
+            f"{CONFIG_FILE} has {model_vocab}; put back the run's own {TOKENIZER_FILE}"
+        )
+    try:
+        model = model_from_config(config["model"])
+    except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as exc:
+        raise RunError(
+            f"{directory / CONFIG_FILE} describes a model that cannot be built ({exc}); "
+            "put back the file the run wrote, or train again"
+        ) from None
     load_weights(model, weights)
     target = pick_device(device)
     model.to(target).eval()

@@ -1,9 +1,11 @@
+import dataclasses
 import hashlib
 import http.server
 import re
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from lmforge.cli import main
 from lmforge.data import corpora
 from lmforge.data.corpora import RegisteredCorpus, RemoteFile, resolve_corpus
-from lmforge.errors import CorpusError
+from lmforge.errors import CorpusError, DownloadError
 
 TEXT = "To be, or not to be\n"
 
@@ -171,6 +173,60 @@ def test_cli_error_has_no_traceback(tmp_path):
         f"lmforge: error: {bad} is not UTF-8 text: byte 0xff at byte offset 0 (invalid start "
         f"byte); convert it first, e.g. iconv -f latin1 -t utf-8 {bad} > fixed.txt"
     ]
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No data directory, LMFORGE_OFFLINE set, and any download attempt fails the test."""
+    monkeypatch.setenv("LMFORGE_DATA_DIR", str(tmp_path / "empty-data-dir"))
+    monkeypatch.setenv("LMFORGE_OFFLINE", "1")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+
+
+def test_tinyshakespeare_ships_with_the_package(offline):
+    """The demo's corpus resolves with no data directory and no network."""
+    try:
+        path = resolve_corpus("tinyshakespeare").splits["train"][0]
+    except DownloadError as exc:  # not a skip (see conftest): this test is about being offline
+        pytest.fail(str(exc))
+    assert path == corpora.corpora_cache_dir() / "tinyshakespeare" / "input.txt"
+    assert corpora.file_sha256(path) == corpora.REGISTRY["tinyshakespeare"].files["train"].sha256
+    text = resolve_corpus("tinyshakespeare").read()
+    assert text.startswith("First Citizen:\n") and text.count("\n") == 40_000
+    assert len(set(text)) == 65
+
+
+def test_a_damaged_bundled_copy_is_refused(offline, monkeypatch):
+    remote = corpora.REGISTRY["tinyshakespeare"].files["train"]
+    entry = RegisteredCorpus(
+        "shakespeare-edited", "", "", {"train": dataclasses.replace(remote, sha256="0" * 64)}
+    )
+    monkeypatch.setitem(corpora.REGISTRY, "shakespeare-edited", entry)
+    with pytest.raises(CorpusError, match=r"inside lmforge has sha256 86c4e6.*; reinstall"):
+        resolve_corpus("shakespeare-edited")
+    assert not (corpora.corpora_cache_dir() / "shakespeare-edited").exists()
+
+
+def test_the_bundled_copy_is_package_data_with_its_license():
+    data = Path(corpora.__file__).parent
+    assert (data / "tinyshakespeare.txt.xz").is_file()
+    notice = (data / "TINYSHAKESPEARE-NOTICE.txt").read_text()
+    assert (
+        "public domain" in notice
+        and corpora.REGISTRY["tinyshakespeare"].files["train"].sha256 in notice
+    )
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    assert '"data/tinyshakespeare.txt.xz"' in pyproject
+    assert '"data/TINYSHAKESPEARE-NOTICE.txt"' in pyproject
+
+
+def test_offline_without_a_copy_is_a_download_error(offline):
+    with pytest.raises(DownloadError, match=r"names/names.txt is not available locally"):
+        resolve_corpus("names")
 
 
 def test_unknown_name_is_an_error():

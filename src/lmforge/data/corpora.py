@@ -4,8 +4,10 @@ A corpus is a set of UTF-8 text files grouped in splits: ``train``, and optional
 ``test``. A named corpus (``tinyshakespeare``, ``wikitext-2``, ``names``) is looked up, in order,
 in the data directory (``--data-dir`` or ``$LMFORGE_DATA_DIR``, laid out as
 ``DATA_DIR/<name>/<file>``), then in the cache (``~/.cache/lmforge/corpora/<name>/<file>``),
-and is otherwise downloaded from its canonical address, checked against its sha256 and cached.
-Any path to a text file, or to a directory of ``.txt`` files, is a corpus too.
+then in the package (Tiny Shakespeare ships with lmforge, xz-compressed, so the demo runs
+offline), and is otherwise downloaded from its canonical address; every copy is checked against
+its sha256 and cached. Any path to a text file, or to a directory of ``.txt`` files, is a corpus
+too.
 
 >>> corpus = resolve_corpus("tinyshakespeare")
 >>> corpus.splits["train"]
@@ -15,13 +17,14 @@ Any path to a text file, or to a directory of ``.txt`` files, is a corpus too.
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.errors import CorpusError
+from lmforge.errors import CorpusError, DownloadError
 from lmforge.fileio import atomic_path, cache_dir
 
 SPLITS = ("train", "val", "test")
@@ -29,12 +32,15 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """One file of a named corpus: its name on disk, canonical address, sha256 and size."""
+    """One file of a named corpus: its name on disk, canonical address, sha256 and size, and
+    the xz-compressed copy inside the package (``bundled``, a file of ``lmforge.data``) if it
+    ships with lmforge."""
 
     filename: str
     url: str
     sha256: str
     size: int
+    bundled: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ REGISTRY: dict[str, RegisteredCorpus] = {
                 "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
                 "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
                 1115394,
+                bundled="tinyshakespeare.txt.xz",  # public domain: see TINYSHAKESPEARE-NOTICE.txt
             )
         },
     ),
@@ -202,7 +209,8 @@ def _registered_corpus(entry: RegisteredCorpus, local_dir: Path | None) -> Corpu
 
 
 def locate_file(corpus_name: str, remote: RemoteFile, local_dir: Path | None) -> Path:
-    """Find one file of a named corpus locally (data dir, then cache) or download it.
+    """Find one file of a named corpus locally (data dir, then cache), unpack the copy that
+    ships in the package into the cache, or download it.
 
     Every copy is checked against the registered sha256 before it is used.
     """
@@ -215,8 +223,33 @@ def locate_file(corpus_name: str, remote: RemoteFile, local_dir: Path | None) ->
         if candidate.is_file():
             _verify_sha256(candidate, remote, corpus_name)
             return candidate
-    _download(corpus_name, remote, cached, local_dir)
+    if remote.bundled is not None:
+        _unpack_bundled(corpus_name, remote, cached)
+    else:
+        _download(corpus_name, remote, cached, local_dir)
     return cached
+
+
+def _unpack_bundled(corpus_name: str, remote: RemoteFile, target: Path) -> None:
+    """Decompress the package's copy of ``remote`` to ``target``, checking its sha256."""
+    from importlib.resources import files
+
+    source = files("lmforge.data") / str(remote.bundled)
+    try:
+        data = lzma.decompress(source.read_bytes())
+    except (OSError, lzma.LZMAError) as exc:
+        raise CorpusError(
+            f"the copy of {corpus_name}/{remote.filename} inside lmforge ({remote.bundled}) "
+            f"cannot be read ({exc}); reinstall lmforge"
+        ) from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != remote.sha256:
+        raise CorpusError(
+            f"the copy of {corpus_name}/{remote.filename} inside lmforge has sha256 {actual}, "
+            f"expected {remote.sha256}; reinstall lmforge"
+        )
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
 
 
 def _verify_sha256(path: Path, remote: RemoteFile, corpus_name: str) -> None:
@@ -236,7 +269,7 @@ def _download(corpus_name: str, remote: RemoteFile, target: Path, local_dir: Pat
         f"{corpus_name}/{remote.filename})"
     )
     if os.environ.get("LMFORGE_OFFLINE", "") not in ("", "0"):
-        raise CorpusError(
+        raise DownloadError(
             f"{corpus_name}/{remote.filename} is not available locally and LMFORGE_OFFLINE is "
             f"set, so it was not downloaded from {remote.url}; {hint}"
         )
@@ -271,7 +304,7 @@ def _download(corpus_name: str, remote: RemoteFile, target: Path, local_dir: Pat
                     )
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise CorpusError(
+        raise DownloadError(
             f"cannot download {corpus_name}/{remote.filename} from {remote.url} ({reason}); "
             f"if you are offline, {hint}"
         ) from None
