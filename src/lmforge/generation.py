@@ -325,7 +325,10 @@ def generate(
     config: SampleConfig | None = None,
     progress: bool = False,
 ) -> list[str]:
-    """Generate ``config.num_samples`` completions of ``prompt`` (the completions only)."""
+    """Generate ``config.num_samples`` completions of ``prompt``: each is what follows
+    ``decode(prompt_ids)`` in ``decode(prompt_ids + generated_ids)`` (see :func:`stream_samples`),
+    so ``prompt + completion`` is the decoded sequence whenever the tokenizer gives back the
+    prompt exactly."""
     config = config or SampleConfig()
     texts = [""] * config.num_samples
     for i, piece in stream_samples(model, tokenizer, prompt, config, progress):
