@@ -244,7 +244,7 @@ class Trainer:
                         bar.show(record, self.last_val_loss)
                         window_start, window_tokens = time.perf_counter(), 0
                 interrupted = interrupted and not done
-                if interrupted:
+                if interrupted and self._checkpoint_step != self.step:
                     if self._window:
                         self._check_finite(self._window)
                     self._save_checkpoint(best=False)  # keeps the unrecorded losses
