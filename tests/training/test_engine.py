@@ -141,48 +141,42 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(corpus, tmp_path):
     assert not list(run.glob(".*.tmp"))
 
 
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
-def test_two_gloo_processes_match_one_process_at_the_same_global_batch(corpus, tmp_path):
-    extra = [
-        "--max-steps",
-        "40",
-        "--eval-interval",
-        "20",
-        "--log-interval",
-        "1",
-        "--dropout",
-        "0",
-        "--n-hidden",
-        "32",
-    ]
-    assert main(train_args(corpus, tmp_path / "one", *extra)) == 0
+def torchrun(*args, fault=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if fault:
+        env["LMFORGE_TEST_FAULT"] = fault
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--standalone",
-            "-m",
-            "lmforge",
-            *train_args(corpus, tmp_path / "two", *extra),
-        ],
+        [*launcher, "--standalone", "-m", "lmforge", *args],
         capture_output=True,
         text=True,
         timeout=300,
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_two_gloo_processes_match_one_process_and_resume_exactly(corpus, tmp_path):
+    extra = ["--max-steps", "40", "--eval-interval", "20", "--log-interval", "3"]
+    extra += ["--dropout", "0", "--n-hidden", "32"]
+    assert main(train_args(corpus, tmp_path / "one", *extra)) == 0
+    torchrun(*train_args(corpus, tmp_path / "two", *extra))
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
-    assert sorted(one) == sorted(two) == list(range(41))
+    assert sorted(one) == sorted(two) == sorted({*range(0, 40, 3), 20, 40})
     for step in one:
         assert two[step][0] == pytest.approx(one[step][0], abs=1e-4)
         if one[step][1] is not None:
             assert two[step][1] == pytest.approx(one[step][1], abs=1e-4)
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config["world_size"] == 2
+    # Ctrl-C on rank 0 at step 13 (between two log lines), then a two-process resume: the
+    # same records as the uninterrupted two-process run, exactly
+    proc = torchrun(*train_args(corpus, tmp_path / "cut", *extra), fault="interrupt:step@13")
+    assert "interrupted at step 13" in proc.stderr
+    torchrun("train", "--resume", str(tmp_path / "cut"), "--quiet")
+    assert losses(tmp_path / "cut") == two
 
 
 def test_toml_config_with_flags_on_top_and_resolved_config_saved(corpus, tmp_path):

@@ -55,10 +55,12 @@ class MetricsLog:
         """Start an empty log."""
         atomic_write_text(self.path, "")
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records of steps after ``step`` (a resumed run logs them again)."""
+    def truncate_after(self, step: int) -> dict[str, Any] | None:
+        """Drop records of steps after ``step`` (a resumed run logs them again); returns the
+        last record kept."""
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        return kept[-1] if kept else None
 
     def append(self, record: dict[str, Any]) -> None:
         """Add one record."""

@@ -104,6 +104,7 @@ class Trainer:
         self._last_eval_step = -1
         self._window: list[torch.Tensor] = []  # training losses since the last metrics record
         self._resumed = False
+        self._resumed_record: dict[str, Any] | None = None  # the record of the resumed step
         self._checkpoint_step: int | None = None  # the step trainer_state.pt holds
         self._fault = faults.Fault.from_env(self._interrupt, self.info.is_main)
 
@@ -194,7 +195,9 @@ class Trainer:
         self._resumed = True
         self._checkpoint_step = self.step
         if self.info.is_main:
-            self.metrics.truncate_after(self.step)
+            last = self.metrics.truncate_after(self.step)
+            self._resumed_record = last if last and last.get("step") == self.step else None
+        self._resumed_record = distributed.broadcast_object(self.info, self._resumed_record)
 
     # -- the loop --------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -211,10 +214,13 @@ class Trainer:
                 if self.step == 0 and not self._resumed:
                     self._log_initial_losses(started, bar)
                     window_start = time.perf_counter()
-                while True:
-                    interrupted, stop = self._stop_signals(time.perf_counter() - started, step_time)
-                    if interrupted or stop:
-                        break
+                # the stop decision comes right after each step, so that the last step is
+                # logged and evaluated once, in the same record
+                interrupted, done = self._stop_signals(time.perf_counter() - started, step_time)
+                if done and not self._final_step_evaluated():
+                    lr = learning_rate(tc, max(self.step - 1, 0), self.elapsed_s)
+                    self._evaluate_and_checkpoint(started, self._final_record(lr, step_time))
+                while not (interrupted or done):
                     t0 = time.perf_counter()
                     lr = learning_rate(tc, self.step, t0 - started)
                     self._window.append(self._train_step(lr))
@@ -226,24 +232,22 @@ class Trainer:
                     self.elapsed_s = now - started
                     bar.advance(now - t0)
                     self._reach("step")
-                    if self.step % tc.log_interval == 0 or self.step % tc.eval_interval == 0:
+                    interrupted, done = self._stop_signals(now - started, step_time)
+                    evaluate = done or self.step % tc.eval_interval == 0
+                    if evaluate or self.step % tc.log_interval == 0:
                         rate = window_tokens / max(now - window_start, 1e-9)
                         record = self._record(self._take_window(), lr, rate, step_time)
-                        if self.step % tc.eval_interval == 0:
+                        if evaluate:
                             self._evaluate_and_checkpoint(started, record)
                         else:
                             self._append(record)
                         bar.show(record, self.last_val_loss)
                         window_start, window_tokens = time.perf_counter(), 0
-                if interrupted:
+                interrupted = interrupted and not done
+                if interrupted and self._checkpoint_step != self.step:
                     if self._window:
                         self._check_finite(self._window)
                     self._save_checkpoint(best=False)  # keeps the unrecorded losses
-                elif self._last_eval_step != self.step:
-                    rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-                    lr = learning_rate(tc, max(self.step - 1, 0), self.elapsed_s)
-                    record = self._record(self._take_window(), lr, rate, step_time)
-                    self._evaluate_and_checkpoint(started, record)
         finally:
             bar.close()
         return TrainResult(
@@ -256,6 +260,22 @@ class Trainer:
             interrupted=interrupted,
             main_process=self.info.is_main,
         )
+
+    def _final_step_evaluated(self) -> bool:
+        """Whether the current step already has its evaluated record (a resumed run that had
+        reached its end, or was stopped right after an evaluation)."""
+        if self._last_eval_step == self.step:
+            return True
+        return self._resumed_record is not None and "val_loss" in self._resumed_record
+
+    def _final_record(self, lr: float, step_time: float) -> dict[str, Any]:
+        """The record of a run that ends without a step: the current step's own record, if
+        it has one without a validation loss (it is written again with one), else a new one."""
+        if self._resumed_record is None:
+            return self._record(self._take_window(), lr, 0.0, step_time)
+        if self.info.is_main:
+            self.metrics.truncate_after(self.step - 1)
+        return dict(self._resumed_record)
 
     def _take_window(self) -> float | None:
         """The mean training loss since the last record (checked finite), and a new window."""
