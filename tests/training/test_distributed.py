@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -116,3 +120,75 @@ def test_every_trainer_collective_reduces_on_the_gpu_the_backend_serves(
         assert trainer._mean_loss(trainer.val_batches) == pytest.approx(expected_val, rel=1e-12)
         assert len(trainer.state_dict()["torch_rng"]) == 2
     assert reduced_on == [FAKE_GPU] * 3
+
+
+# -- real two-process jobs (gloo) ---------------------------------------------------------------
+
+GLOO_AVAILABLE = dist.is_available() and dist.is_gloo_available()
+TINY_TRANSFORMER = [
+    "--model", "transformer", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+    "--batch-size", "4", "--block-size", "16", "--eval-iters", "1", "--device", "cpu", "--quiet",
+]  # fmt: skip
+
+FAULTY_LMFORGE = """
+import os, sys
+from lmforge.cli import main
+from lmforge.training import trainer
+
+where, args = sys.argv[1], sys.argv[2:]
+if os.environ["RANK"] == "0":
+    if where == "prepare":  # inside run_on_main
+        def prepare_data(*_, **__):
+            raise OSError(28, "No space left on device (injected on rank 0)")
+        trainer.prepare_data = prepare_data
+    else:  # inside the training loop, while rank 1 waits in a collective
+        train_step = trainer.Trainer._train_step
+        def faulty_step(self, lr):
+            if self.step == 3:
+                raise RuntimeError("injected fault on rank 0")
+            return train_step(self, lr)
+        trainer.Trainer._train_step = faulty_step
+sys.exit(main(args))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(not GLOO_AVAILABLE, reason="no gloo backend")
+@pytest.mark.parametrize("where", ["prepare", "loop"])
+def test_an_unexpected_error_on_rank_0_stops_the_other_rank_with_one_line(
+    where, tiny_corpus, tmp_path
+):
+    script = tmp_path / "faulty_lmforge.py"
+    script.write_text(FAULTY_LMFORGE)
+    train = ["train", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "run")]
+    port = free_port()
+    ranks = []
+    for rank in range(2):  # no launcher: nothing but the rank itself may end it
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "OMP_NUM_THREADS": "1",
+        }
+        command = [sys.executable, str(script), where, *train, *TINY_TRANSFORMER]
+        ranks.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True))
+    try:
+        errors = [proc.communicate(timeout=120)[1] for proc in ranks]
+    finally:
+        for proc in ranks:
+            proc.kill()
+    injected = "No space left on device" if where == "prepare" else "injected fault on rank 0"
+    assert ranks[0].returncode == 1 and "Traceback" in errors[0] and injected in errors[0]
+    assert ranks[1].returncode == 2, errors[1][-3000:]
+    lines = errors[1].strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in errors[1], errors[1][-3000:]
+    assert lines[0].startswith("lmforge: error: process 1 stopped because")
+    assert lines[0].endswith("its error is shown above")

@@ -8,15 +8,18 @@ helpers here do nothing.
 The collectives take tensors wherever the caller keeps them and reduce them on the device the
 backend serves (NCCL accepts only tensors on the process's own GPU).
 
->>> info = init_distributed("auto")
->>> info.world_size, info.is_main
+>>> with process_group("auto") as info:
+...     info.world_size, info.is_main
 (1, True)
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -44,6 +47,10 @@ class DistributedInfo:
     def enabled(self) -> bool:
         """Whether more than one process takes part."""
         return self.world_size > 1
+
+
+class PeerFailed(LmforgeError):
+    """Another process of the torchrun job failed, so this one cannot go on."""
 
 
 def init_distributed(device_request: str | None) -> DistributedInfo:
@@ -74,10 +81,45 @@ def init_distributed(device_request: str | None) -> DistributedInfo:
     return DistributedInfo(rank, local_rank, world_size, device)
 
 
+@contextlib.contextmanager
+def process_group(device_request: str | None) -> Iterator[DistributedInfo]:
+    """Join the torchrun job for the span of a ``with`` block, then leave it cleanly.
+
+    On success every rank leaves together: a last barrier waits for rank 0's final writes,
+    so no collective's buffers are still being released by a gloo worker thread when the
+    interpreter exits (DistributedDataParallel keeps the process group, and so its threads,
+    alive past ``destroy_process_group``; a release during interpreter shutdown aborts the
+    process). A rank that lost a peer mid-collective stops with one line naming rank 0's
+    failure instead of a backend traceback.
+    """
+    info = init_distributed(device_request)
+    try:
+        yield info
+        barrier(info)
+    except RuntimeError as exc:
+        if info.enabled and not info.is_main and _lost_a_peer(exc):
+            raise PeerFailed(
+                f"process {info.rank} stopped because another process of the job failed; "
+                "its error is shown above"
+            ) from None
+        raise
+    finally:
+        shutdown_distributed(info)
+
+
+def _lost_a_peer(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is a collective failing because another process went away."""
+    message = str(exc)
+    return isinstance(exc, dist.DistError) or any(
+        sign in message for sign in ("Connection closed by peer", "Connection reset by peer")
+    )
+
+
 def shutdown_distributed(info: DistributedInfo) -> None:
     """Leave the process group (end of training)."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+        gc.collect()  # modules caught in reference cycles release the group now, not at exit
 
 
 def barrier(info: DistributedInfo) -> None:
@@ -127,17 +169,28 @@ def _all_reduce(info: DistributedInfo, tensor: torch.Tensor, op: Any) -> torch.T
 
 def run_on_main(info: DistributedInfo, work: Any) -> Any:
     """Run ``work()`` on rank 0 only; the other ranks wait. An :class:`LmforgeError` raised by
-    rank 0 is raised on every rank, so no process is left waiting."""
+    rank 0 is raised on every rank; any other exception is raised on rank 0 as it is (with its
+    traceback) and stops the other ranks with one line, so no process is left waiting."""
     result, error = None, None
     if info.is_main:
         try:
             result = work()
-        except LmforgeError as exc:
-            error = (type(exc), str(exc))
+        except Exception as exc:
             if not info.enabled:
+                raise
+            ours = isinstance(exc, LmforgeError)
+            # only lmforge's own classes travel: another rank may not be able to import the rest
+            error = (type(exc) if ours else None, type(exc).__name__, str(exc))
+            if not ours:
+                broadcast_object(info, error)
                 raise
     error = broadcast_object(info, error)
     if error is not None:
-        kind, message = error
-        raise kind(message)
+        kind, name, message = error
+        if kind is not None:
+            raise kind(message)
+        raise PeerFailed(
+            f"process {info.rank} stopped because process 0 failed ({name}: {message}); "
+            "its error is shown above"
+        )
     return result
