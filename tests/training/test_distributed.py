@@ -192,3 +192,27 @@ def test_an_unexpected_error_on_rank_0_stops_the_other_rank_with_one_line(
     assert len(lines) == 1 and "Traceback" not in errors[1], errors[1][-3000:]
     assert lines[0].startswith("lmforge: error: process 1 stopped because")
     assert lines[0].endswith("its error is shown above")
+
+
+@pytest.mark.skipif(not GLOO_AVAILABLE, reason="no gloo backend")
+def test_ten_two_process_runs_in_a_row_all_exit_cleanly(tiny_corpus, tmp_path):
+    # A rank used to abort now and then at interpreter exit ("terminate called without an
+    # active exception") after training had finished; each run must exit 0.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for attempt in range(10):
+        out = tmp_path / f"run{attempt}"
+        proc = subprocess.run(
+            [
+                *[sys.executable, "-m", "torch.distributed.run", "--standalone"],
+                *["--nproc_per_node", "2", "-m", "lmforge", "train"],
+                *["--corpus", str(tiny_corpus), "--out", str(out), "--max-steps", "4"],
+                *TINY_TRANSFORMER,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert proc.returncode == 0, f"run {attempt}: {proc.stderr[-3000:]}"
+        assert "terminate called" not in proc.stderr
+        assert (out / "model.safetensors").is_file()
