@@ -18,6 +18,7 @@ from torch.utils._pytree import tree_map
 from lmforge.config import resolve_config
 from lmforge.evaluation import mean_loss
 from lmforge.models.base import build_model
+from lmforge.training import distributed
 from lmforge.training.distributed import DistributedInfo
 from lmforge.training.trainer import Trainer, prepare_data
 
@@ -216,3 +217,28 @@ def test_ten_two_process_runs_in_a_row_all_exit_cleanly(tiny_corpus, tmp_path):
         assert proc.returncode == 0, f"run {attempt}: {proc.stderr[-3000:]}"
         assert "terminate called" not in proc.stderr
         assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_ranks_leave_through_a_last_barrier_only_when_the_work_succeeded(fails, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(distributed, "init_distributed", lambda _: DistributedInfo(1, 1, 2))
+    monkeypatch.setattr(dist, "barrier", lambda group=None: calls.append("barrier"))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda group=None: calls.append("destroy"))
+    with contextlib.suppress(OSError), distributed.process_group("cpu"):
+        calls.append("work")
+        if fails:
+            raise OSError("disk full")
+    assert calls == (["work", "destroy"] if fails else ["work", "barrier", "destroy"])
+
+
+def test_a_rank_that_lost_its_peer_says_so_in_one_line(monkeypatch):
+    monkeypatch.setattr(distributed, "init_distributed", lambda _: DistributedInfo(1, 1, 2))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    lost = "[pair.cc:553] Connection closed by peer [127.0.0.1]:3258"
+    failed = pytest.raises(distributed.PeerFailed, match=r"^process 1 stopped because another")
+    with failed, distributed.process_group("cpu"):
+        raise RuntimeError(lost)
+    with pytest.raises(RuntimeError, match="a bug"), distributed.process_group("cpu"):
+        raise RuntimeError("a bug")
