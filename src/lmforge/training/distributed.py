@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -89,15 +88,15 @@ def process_group(device_request: str | None) -> Iterator[DistributedInfo]:
     so no collective's buffers are still being released by a gloo worker thread when the
     interpreter exits (DistributedDataParallel keeps the process group, and so its threads,
     alive past ``destroy_process_group``; a release during interpreter shutdown aborts the
-    process). A rank that lost a peer mid-collective stops with one line naming rank 0's
-    failure instead of a backend traceback.
+    process). A rank whose collective fails because another process went away stops with one
+    line instead of a backend traceback.
     """
     info = init_distributed(device_request)
     try:
         yield info
         barrier(info)
     except RuntimeError as exc:
-        if info.enabled and not info.is_main and _lost_a_peer(exc):
+        if info.enabled and _lost_a_peer(exc):
             raise PeerFailed(
                 f"process {info.rank} stopped because another process of the job failed; "
                 "its error is shown above"
@@ -110,7 +109,7 @@ def process_group(device_request: str | None) -> Iterator[DistributedInfo]:
 def _lost_a_peer(exc: RuntimeError) -> bool:
     """Whether ``exc`` is a collective failing because another process went away."""
     message = str(exc)
-    return isinstance(exc, dist.DistError) or any(
+    return isinstance(exc, dist.DistNetworkError) or any(
         sign in message for sign in ("Connection closed by peer", "Connection reset by peer")
     )
 
@@ -119,7 +118,6 @@ def shutdown_distributed(info: DistributedInfo) -> None:
     """Leave the process group (end of training)."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
-        gc.collect()  # modules caught in reference cycles release the group now, not at exit
 
 
 def barrier(info: DistributedInfo) -> None:
