@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -74,6 +75,12 @@ def init_distributed(device_request: str | None) -> DistributedInfo:
     else:
         raise ConfigError(f"distributed training runs on cuda or cpu, not {device.type}")
     if not dist.is_initialized():
+        # DistributedDataParallel imports torch._dynamo, and that import, made while a process
+        # group exists, keeps the group alive after destroy_process_group: its gloo threads
+        # then outlive the interpreter and sometimes abort the process at exit. Imported
+        # first, it holds nothing.
+        importlib.import_module("torch._dynamo")
+
         # binding the GPU lets barrier() and the object collectives use it without guessing
         bound = device if backend == "nccl" else None
         dist.init_process_group(backend=backend, device_id=bound)
@@ -84,17 +91,12 @@ def init_distributed(device_request: str | None) -> DistributedInfo:
 def process_group(device_request: str | None) -> Iterator[DistributedInfo]:
     """Join the torchrun job for the span of a ``with`` block, then leave it cleanly.
 
-    On success every rank leaves together: a last barrier waits for rank 0's final writes,
-    so no collective's buffers are still being released by a gloo worker thread when the
-    interpreter exits (DistributedDataParallel keeps the process group, and so its threads,
-    alive past ``destroy_process_group``; a release during interpreter shutdown aborts the
-    process). A rank whose collective fails because another process went away stops with one
-    line instead of a backend traceback.
+    A rank whose collective fails because another process went away stops with one line
+    instead of a backend traceback.
     """
     info = init_distributed(device_request)
     try:
         yield info
-        barrier(info)
     except RuntimeError as exc:
         if info.enabled and _lost_a_peer(exc):
             raise PeerFailed(
