@@ -9,9 +9,14 @@
 # tinyshakespeare/input.txt (and install a CUDA build of torch there first).
 # Prints the wall time of training, the trainer's last validation estimate (200 batches) and
 # the exact validation loss of `lmforge eval`.
+#
+# With two or more GPUs it then checks torchrun on NCCL: a 2-process run of the same model for
+# 300 steps, evaluating (an all-reduce) every 100, must exit 0 on both ranks. With fewer GPUs it
+# says that it skips this part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LMFORGE=${LMFORGE:-.venv/bin/lmforge}
+PYTHON=${PYTHON:-.venv/bin/python}
 OUT=${1:-runs/gpu-shakespeare}
 
 start=$(date +%s.%N)
@@ -23,3 +28,24 @@ tail -n 1 "$OUT/metrics.jsonl"
 for checkpoint in final best; do
     echo "$checkpoint: $($LMFORGE eval "$OUT" --checkpoint "$checkpoint" --json)"
 done
+
+gpus=$($PYTHON -c "import torch; print(torch.cuda.device_count())")
+if [ "$gpus" -lt 2 ]; then
+    echo "torchrun check skipped: $gpus GPU(s) visible, 2 needed"
+    exit 0
+fi
+echo "torchrun check: 2 processes on NCCL ($gpus GPUs visible)"
+start=$(date +%s.%N)
+status=0
+$PYTHON -m torch.distributed.run --standalone --nproc_per_node 2 -m lmforge train \
+    --corpus tinyshakespeare --model transformer --preset small --position learned \
+    --device cuda --dtype bfloat16 --max-steps 300 --eval-interval 100 \
+    --out "$OUT-2gpu" --overwrite --quiet || status=$?
+end=$(date +%s.%N)
+echo "torchrun exit status: $status; wall time $(python3 -c "print(f'{$end - $start:.1f}')") s"
+if [ "$status" -ne 0 ]; then
+    echo "torchrun check FAILED"
+    exit "$status"
+fi
+tail -n 1 "$OUT-2gpu/metrics.jsonl"
+echo "torchrun check passed"

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +19,7 @@ from torch.utils._pytree import tree_map
 from lmforge.config import resolve_config
 from lmforge.evaluation import mean_loss
 from lmforge.models.base import build_model
+from lmforge.training import distributed
 from lmforge.training.distributed import DistributedInfo
 from lmforge.training.trainer import Trainer, prepare_data
 
@@ -116,3 +122,128 @@ def test_every_trainer_collective_reduces_on_the_gpu_the_backend_serves(
         assert trainer._mean_loss(trainer.val_batches) == pytest.approx(expected_val, rel=1e-12)
         assert len(trainer.state_dict()["torch_rng"]) == 2
     assert reduced_on == [FAKE_GPU] * 3
+
+
+# -- real two-process jobs (gloo) ---------------------------------------------------------------
+
+GLOO_AVAILABLE = dist.is_available() and dist.is_gloo_available()
+TINY_TRANSFORMER = [
+    "--model", "transformer", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+    "--batch-size", "4", "--block-size", "16", "--eval-iters", "1", "--device", "cpu", "--quiet",
+]  # fmt: skip
+
+FAULTY_LMFORGE = """
+import os, sys
+from lmforge.cli import main
+from lmforge.training import trainer
+
+where, args = sys.argv[1], sys.argv[2:]
+if os.environ["RANK"] == "0":
+    if where == "prepare":  # inside run_on_main
+        def prepare_data(*_, **__):
+            raise OSError(28, "No space left on device (injected on rank 0)")
+        trainer.prepare_data = prepare_data
+    else:  # inside the training loop, while rank 1 waits in a collective
+        train_step = trainer.Trainer._train_step
+        def faulty_step(self, lr):
+            if self.step == 3:
+                raise RuntimeError("injected fault on rank 0")
+            return train_step(self, lr)
+        trainer.Trainer._train_step = faulty_step
+sys.exit(main(args))
+"""
+
+
+GLOO_THREADS_LEFT = """
+import os, sys
+from lmforge.cli import main
+
+code = main(sys.argv[1:])
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print("gloo threads left:", sorted(name for name in names if "gloo" in name), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def run_two_ranks(script: Path, *args: str) -> list[tuple[int, str]]:
+    """Run ``script args`` as ranks 0 and 1 of a gloo job, without a launcher that could end a
+    rank: each must stop by itself. Returns each rank's (exit code, stderr)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ranks = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "OMP_NUM_THREADS": "1",
+        }
+        command = [sys.executable, str(script), *args]
+        ranks.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True))
+    try:
+        errors = [proc.communicate(timeout=120)[1] for proc in ranks]
+    finally:
+        for proc in ranks:
+            proc.kill()
+    return [(proc.returncode, error) for proc, error in zip(ranks, errors, strict=True)]
+
+
+@pytest.mark.skipif(not GLOO_AVAILABLE, reason="no gloo backend")
+@pytest.mark.parametrize("where", ["prepare", "loop"])
+def test_an_unexpected_error_on_rank_0_stops_the_other_rank_with_one_line(
+    where, tiny_corpus, tmp_path
+):
+    script = tmp_path / "faulty_lmforge.py"
+    script.write_text(FAULTY_LMFORGE)
+    train = ["train", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "run")]
+    (code0, error0), (code1, error1) = run_two_ranks(script, where, *train, *TINY_TRANSFORMER)
+    injected = "No space left on device" if where == "prepare" else "injected fault on rank 0"
+    assert code0 == 1 and "Traceback" in error0 and injected in error0
+    assert code1 == 2, error1[-3000:]
+    lines = error1.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in error1, error1[-3000:]
+    assert lines[0].startswith("lmforge: error: process 1 stopped because")
+    assert lines[0].endswith("its error is shown above")
+
+
+@pytest.mark.skipif(not GLOO_AVAILABLE, reason="no gloo backend")
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_no_gloo_thread_outlives_a_two_process_training(tiny_corpus, tmp_path):
+    # Threads left when the interpreter exits sometimes aborted a rank after a finished run
+    # ("terminate called without an active exception").
+    script = tmp_path / "gloo_threads_left.py"
+    script.write_text(GLOO_THREADS_LEFT)
+    train = ["train", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "run")]
+    for code, error in run_two_ranks(script, *train, "--max-steps", "2", *TINY_TRANSFORMER):
+        assert code == 0, error[-3000:]
+        assert "gloo threads left: []" in error, error[-3000:]
+
+
+@pytest.mark.skipif(not GLOO_AVAILABLE, reason="no gloo backend")
+def test_ten_two_process_runs_in_a_row_all_exit_cleanly(tiny_corpus, tmp_path):
+    # A rank used to abort now and then at interpreter exit ("terminate called without an
+    # active exception") after training had finished; each run must exit 0 on both ranks.
+    script = tmp_path / "lmforge_rank.py"
+    script.write_text("import sys\nfrom lmforge.cli import main\nsys.exit(main())\n")
+    for attempt in range(10):
+        out = tmp_path / f"run{attempt}"
+        train = ["train", "--corpus", str(tiny_corpus), "--out", str(out), "--max-steps", "4"]
+        for rank, (code, error) in enumerate(run_two_ranks(script, *train, *TINY_TRANSFORMER)):
+            assert code == 0, f"run {attempt}, rank {rank}: {error[-3000:]}"
+            assert "terminate called" not in error
+        assert (out / "model.safetensors").is_file()
+
+
+def test_a_rank_that_lost_its_peer_says_so_in_one_line(monkeypatch):
+    monkeypatch.setattr(distributed, "init_distributed", lambda _: DistributedInfo(1, 1, 2))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    lost = "[pair.cc:553] Connection closed by peer [127.0.0.1]:3258"
+    failed = pytest.raises(distributed.PeerFailed, match=r"^process 1 stopped because another")
+    with failed, distributed.process_group("cpu"):
+        raise RuntimeError(lost)
+    with pytest.raises(RuntimeError, match="a bug"), distributed.process_group("cpu"):
+        raise RuntimeError("a bug")

@@ -8,15 +8,18 @@ helpers here do nothing.
 The collectives take tensors wherever the caller keeps them and reduce them on the device the
 backend serves (NCCL accepts only tensors on the process's own GPU).
 
->>> info = init_distributed("auto")
->>> info.world_size, info.is_main
+>>> with process_group("auto") as info:
+...     info.world_size, info.is_main
 (1, True)
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -46,6 +49,10 @@ class DistributedInfo:
         return self.world_size > 1
 
 
+class PeerFailed(LmforgeError):
+    """Another process of the torchrun job failed, so this one cannot go on."""
+
+
 def init_distributed(device_request: str | None) -> DistributedInfo:
     """Join the torchrun job if there is one and pick this process's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -68,10 +75,45 @@ def init_distributed(device_request: str | None) -> DistributedInfo:
     else:
         raise ConfigError(f"distributed training runs on cuda or cpu, not {device.type}")
     if not dist.is_initialized():
+        # DistributedDataParallel imports torch._dynamo, and that import, made while a process
+        # group exists, keeps the group alive after destroy_process_group: its gloo threads
+        # then outlive the interpreter and sometimes abort the process at exit. Imported
+        # first, it holds nothing.
+        importlib.import_module("torch._dynamo")
+
         # binding the GPU lets barrier() and the object collectives use it without guessing
         bound = device if backend == "nccl" else None
         dist.init_process_group(backend=backend, device_id=bound)
     return DistributedInfo(rank, local_rank, world_size, device)
+
+
+@contextlib.contextmanager
+def process_group(device_request: str | None) -> Iterator[DistributedInfo]:
+    """Join the torchrun job for the span of a ``with`` block, then leave it cleanly.
+
+    A rank whose collective fails because another process went away stops with one line
+    instead of a backend traceback.
+    """
+    info = init_distributed(device_request)
+    try:
+        yield info
+    except RuntimeError as exc:
+        if info.enabled and _lost_a_peer(exc):
+            raise PeerFailed(
+                f"process {info.rank} stopped because another process of the job failed; "
+                "its error is shown above"
+            ) from None
+        raise
+    finally:
+        shutdown_distributed(info)
+
+
+def _lost_a_peer(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is a collective failing because another process went away."""
+    message = str(exc)
+    return isinstance(exc, dist.DistNetworkError) or any(
+        sign in message for sign in ("Connection closed by peer", "Connection reset by peer")
+    )
 
 
 def shutdown_distributed(info: DistributedInfo) -> None:
@@ -127,17 +169,28 @@ def _all_reduce(info: DistributedInfo, tensor: torch.Tensor, op: Any) -> torch.T
 
 def run_on_main(info: DistributedInfo, work: Any) -> Any:
     """Run ``work()`` on rank 0 only; the other ranks wait. An :class:`LmforgeError` raised by
-    rank 0 is raised on every rank, so no process is left waiting."""
+    rank 0 is raised on every rank; any other exception is raised on rank 0 as it is (with its
+    traceback) and stops the other ranks with one line, so no process is left waiting."""
     result, error = None, None
     if info.is_main:
         try:
             result = work()
-        except LmforgeError as exc:
-            error = (type(exc), str(exc))
+        except Exception as exc:
             if not info.enabled:
+                raise
+            ours = isinstance(exc, LmforgeError)
+            # only lmforge's own classes travel: another rank may not be able to import the rest
+            error = (type(exc) if ours else None, type(exc).__name__, str(exc))
+            if not ours:
+                broadcast_object(info, error)
                 raise
     error = broadcast_object(info, error)
     if error is not None:
-        kind, message = error
-        raise kind(message)
+        kind, name, message = error
+        if kind is not None:
+            raise kind(message)
+        raise PeerFailed(
+            f"process {info.rank} stopped because process 0 failed ({name}: {message}); "
+            "its error is shown above"
+        )
     return result

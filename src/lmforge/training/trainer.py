@@ -62,11 +62,8 @@ def train(
     Without it, an existing run directory is an error unless ``overwrite=True``.
     Under ``torchrun`` this runs on every rank.
     """
-    info = distributed.init_distributed(config.train.device)
-    try:
+    with distributed.process_group(config.train.device) as info:
         return _train(config, info, resume, overwrite, progress)
-    finally:
-        distributed.shutdown_distributed(info)
 
 
 def _train(
