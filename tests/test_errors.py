@@ -2,7 +2,8 @@
 nothing on disk written over.
 
 Each case is listed, with the message a user sees, in ``docs/reliability.md``; regenerate
-that table with ``python tests/test_errors.py`` after changing a message.
+that table with ``python -m tests.test_errors`` (from the repository root) after changing a
+message.
 """
 
 from __future__ import annotations
@@ -644,7 +645,7 @@ def print_catalogue() -> None:
                 mp.setenv("LMFORGE_CACHE_DIR", str(Path(root) / "cache"))
                 run_case(item, tmp, trained, mp)
             line = err.getvalue().strip().replace(str(tmp), "TMP").replace("|", "\\|")
-            print(f"| `{item.id}` | {item.area} | `{line}` |")
+            print(f"| `{item.id}` | {item.area} | `` {line} `` |")
 
 
 if __name__ == "__main__":

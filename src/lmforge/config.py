@@ -331,9 +331,12 @@ def resolve_config(overrides: dict[str, Any], config_file: str | Path | None = N
     if "time_budget" in train_given and "max_steps" not in train_given:
         layered = _merge(layered, {"train": {"max_steps": None}})  # the budget alone ends it
     family = layered.get("model", {}).get("family", "lstm")
+    preset = layered.get("model", {}).get("preset")
+    for name, value in (("family", family), ("preset", preset)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"[model] {name} must be a string, not {value!r}")
     defaults = FAMILY_DEFAULTS.get(family, {"model": {}, "train": {}})
     base = {"model": {"family": family, **defaults["model"]}, "train": defaults["train"]}
-    preset = layered.get("model", {}).get("preset")
     if family == "transformer":
         base = _merge(base, transformer_preset(preset, layered))
     elif preset is not None:
@@ -433,6 +436,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             f"{path}: unknown key(s) {', '.join(unknown)}; use out and the tables "
             "[data], [tokenizer], [model], [train]"
         )
+    for table in sorted(known - {"out"}):
+        if not isinstance(data.get(table, {}), dict):
+            raise ConfigError(f"{path}: {table} must be a table [{table}], not {data[table]!r}")
+    if not isinstance(data.get("out", ""), str):
+        raise ConfigError(f'{path}: out must be a string (out = "runs/name"), not {data["out"]!r}')
     return data
 
 

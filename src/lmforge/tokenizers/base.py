@@ -241,7 +241,7 @@ def tokenizer_from_dict(data: Any, source: str = "tokenizer description") -> Tok
             f"version {VERSION}; re-create it with this version of lmforge"
         )
     kind = data.get("kind")
-    if kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise TokenizerError(
             f"{source} has unknown tokenizer kind {kind!r}; known kinds: {', '.join(_KINDS)}"
         )

@@ -35,6 +35,8 @@ class CharTokenizer(Tokenizer):
 
     def __init__(self, chars: Iterable[str], unk: bool = False) -> None:
         self.chars = list(chars)
+        if not self.chars:
+            raise TokenizerError("character tokenizer has no characters; re-create it")
         for c in self.chars:
             if not isinstance(c, str) or len(c) != 1:
                 raise TokenizerError(f"character tokenizer entry {c!r} is not one character")
@@ -108,6 +110,8 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def _from_fields(cls, fields: dict[str, Any]) -> CharTokenizer:
+        if not isinstance(fields["chars"], str):
+            raise TypeError(f"chars must be a string, not {fields['chars']!r}")
         return cls(list(fields["chars"]), unk=bool(fields["unk"]))
 
 
