@@ -198,3 +198,24 @@ def test_training_on_a_repeated_pattern_drives_the_loss_down():
 def test_impossible_shapes_are_one_line_errors(options, message):
     with pytest.raises(ConfigError, match=message):
         build_model("transformer", vocab_size=10, **options)
+
+
+def test_decoding_after_a_fused_optimizer_step_uses_the_updated_head():
+    """Fused AdamW changes the head in place without bumping its version; the transposed copy
+    used to decode a few rows on the CPU must not outlive the step."""
+    torch.manual_seed(0)
+    model = small_transformer()
+    idx = torch.randint(0, model.config.vocab_size, (2, 8))
+    model.eval()
+    with torch.no_grad():
+        model(idx)  # makes the transposed copy
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    logits, _ = model(idx)
+    logits.logsumexp(-1).mean().backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        fast, _ = model(idx)
+        hidden, _ = model(idx, return_hidden=True)
+    torch.testing.assert_close(fast, model.lm_head(hidden))

@@ -307,6 +307,12 @@ class TransformerLM(LanguageModel):
     def max_context(self) -> int:
         return self.config.block_size
 
+    def train(self, mode: bool = True) -> TransformerLM:
+        # fused optimizers update weights in place without bumping their version counter, so
+        # the transposed head copy is made again after every switch between training and eval
+        self._head_copy = None
+        return super().train(mode)
+
     def forward(
         self, idx: torch.Tensor, state: KVCache | None = None, return_hidden: bool = False
     ) -> tuple[torch.Tensor, KVCache]:
