@@ -182,7 +182,8 @@ def run_on_main(info: DistributedInfo, work: Any) -> Any:
             # only lmforge's own classes travel: another rank may not be able to import the rest
             error = (type(exc) if ours else None, type(exc).__name__, str(exc))
             if not ours:
-                broadcast_object(info, error)
+                with contextlib.suppress(RuntimeError):  # a peer already gone needs no word
+                    broadcast_object(info, error)
                 raise
     error = broadcast_object(info, error)
     if error is not None:
