@@ -88,6 +88,11 @@ def test_max_vocab_keeps_the_most_frequent_words(max_vocab, tokens):
     assert WordTokenizer.train("d c b a d c d", max_vocab=max_vocab).tokens == tokens
 
 
+def test_word_ids_are_stored_in_16_bits():
+    ids = WordTokenizer.train("a b a").encode_array("b a")
+    assert (ids.dtype, ids.tolist()) == (np.dtype(np.uint16), [1, 0])
+
+
 def test_max_vocab_below_two_is_refused():
     with pytest.raises(TokenizerError, match="max_vocab must be at least 2"):
         WordTokenizer.train("a b", max_vocab=1)
