@@ -2,8 +2,9 @@
 
 Runs ``mutmut run`` over one module group after another (its settings are ``[tool.mutmut]`` in
 pyproject.toml: which files to mutate and which tests to run), then prints per module how many
-mutants the tests killed, how many survived, and the score. Results are kept in ``mutants/``,
-so a second run only redoes what changed; ``--report`` prints the table from them.
+mutants the tests killed, how many survived, and the score. Results are kept in ``mutants/``:
+a full run (no ``--group``, no ``--sample``) skips the mutants already decided, while a group or
+the sample is run again whole; ``--report`` prints the table from the kept results.
 
     pip install mutmut==3.8.1
     python benchmarks/mutation.py                              # every group, in full
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import importlib.util
 import json
 import os
 import subprocess
@@ -141,9 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     groups = SAMPLE if args.sample else GROUPS
     patterns = [p for g in args.group or sorted(groups) for p in groups[g]]
     if not args.report:
-        for group in args.group or list(groups):
+        if importlib.util.find_spec("mutmut") is None:
+            print("mutmut is not installed: pip install mutmut==3.8.1", file=sys.stderr)
+            return 2
+        # Without names mutmut skips the mutants it has already decided; named mutants (a group,
+        # the sample) are all run again.
+        runs = {"all": []} if not (args.group or args.sample) else groups
+        for group in args.group or list(runs):
             print(f"== mutmut: {group}", flush=True)
-            if run_mutmut(groups[group], args.max_children) != 0:
+            if run_mutmut(runs[group], args.max_children) != 0:
                 print(f"mutmut failed on {group}", file=sys.stderr)
                 return 1
     results = mutant_results(REPO / "mutants")

@@ -78,14 +78,19 @@ def test_whitespace_split_is_kept_by_training_and_saving():
 @pytest.mark.parametrize(
     ("max_vocab", "tokens"),
     [
-        (2, ["a", "<unk>"]),
-        (3, ["a", "b", "<unk>"]),
-        (4, ["a", "b", "c", "<unk>"]),  # c ties with d but came first
-        (5, ["a", "b", "c", "d"]),  # everything fits: no <unk>
+        (2, ["d", "<unk>"]),
+        (3, ["d", "c", "<unk>"]),
+        (4, ["d", "c", "b", "<unk>"]),  # b ties with a but came first
+        (5, ["d", "c", "b", "a"]),  # everything fits: no <unk>
     ],
 )
 def test_max_vocab_keeps_the_most_frequent_words(max_vocab, tokens):
-    assert WordTokenizer.train("a b c d a b a", max_vocab=max_vocab).tokens == tokens
+    assert WordTokenizer.train("d c b a d c d", max_vocab=max_vocab).tokens == tokens
+
+
+def test_word_ids_are_stored_in_16_bits():
+    ids = WordTokenizer.train("a b a").encode_array("b a")
+    assert (ids.dtype, ids.tolist()) == (np.dtype(np.uint16), [1, 0])
 
 
 def test_max_vocab_below_two_is_refused():

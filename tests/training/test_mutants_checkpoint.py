@@ -60,3 +60,25 @@ def test_metrics_log_appends_truncates_and_skips_a_torn_line(tmp_path):
     assert [r.get("step") for r in read_metrics(path)] == [0, 1, 2, None]
     log.truncate_after(0)
     assert read_metrics(path) == [{"step": 0, "train_loss": 1.0}, {"note": "no step"}]
+
+
+CALLS = []
+
+
+def _record_call() -> None:
+    CALLS.append("unpickled")
+
+
+class _Payload:
+    """Pickles as a call of ``_record_call``: what a malicious file would run."""
+
+    def __reduce__(self):
+        return (_record_call, ())
+
+
+def test_loading_a_state_never_runs_code_from_the_file(tmp_path):
+    path = tmp_path / "trainer_state.pt"
+    torch.save({"format": 1, "step": 1, "payload": _Payload()}, path)
+    with pytest.raises(RunError, match="is damaged or not a trainer state"):
+        load_trainer_state(path)
+    assert CALLS == []
