@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lmforge.data import reader
@@ -178,7 +178,7 @@ def old_split_texts(corpus, val_fraction):
     return texts
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     files=st.lists(lines_text.filter(str.strip), min_size=1, max_size=3),
     val_fraction=st.sampled_from([0.1, 0.25, 0.5, 0.9]),
@@ -191,7 +191,7 @@ def test_streaming_split_equals_the_split_of_the_whole_text(files, val_fraction)
         assert split_texts(corpus, val_fraction) == old_split_texts(corpus, val_fraction)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=lines_text, cuts=st.lists(st.integers(0, 400)), size=st.integers(1, 30))
 def test_chunks_of_a_stream_of_blocks_equal_chunks_of_the_whole_text(text, cuts, size):
     bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})

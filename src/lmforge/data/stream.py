@@ -283,6 +283,7 @@ def encode_corpus(
             partial, sources, tokenizer, corpus.name, progress, special_text, processes
         )
         os.replace(partial, directory)
+        (directory / PROGRESS_FILE).unlink(missing_ok=True)
     return TokenStream(directory, meta)
 
 
@@ -320,9 +321,7 @@ def _write_splits(
 
     dtype = token_dtype(tokenizer.vocab_size)
     record_path = directory / PROGRESS_FILE
-    states: dict[str, dict[str, Any]] = (
-        json.loads(record_path.read_text()) if record_path.is_file() else {}
-    )
+    states = _recorded_progress(record_path)
     with tqdm(
         total=sum(total_bytes(spans) for spans in sources.values()),
         initial=sum(state["bytes"] for state in states.values()),
@@ -375,6 +374,15 @@ def _write_splits(
     }
     atomic_write_json(directory / "meta.json", meta, indent=1)
     return meta
+
+
+def _recorded_progress(record_path: Path) -> dict[str, dict[str, Any]]:
+    """How far an interrupted encoding got (nothing when there is no readable record)."""
+    try:
+        states = json.loads(record_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return states if isinstance(states, dict) else {}
 
 
 def _record(out: BinaryIO, record_path: Path, states: dict[str, dict[str, Any]]) -> None:
