@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from lmforge.errors import CorpusError, DownloadError
 from lmforge.fileio import atomic_path, cache_dir
@@ -323,6 +324,19 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def open_corpus_file(path: Path) -> BinaryIO:
+    """``path`` opened for reading bytes, with one-line errors for a missing, directory or
+    unreadable file."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise CorpusError(f"corpus file not found: {path}; check the path") from None
+    except IsADirectoryError:
+        raise CorpusError(f"{path} is a directory; pass it as the corpus itself") from None
+    except PermissionError:
+        raise CorpusError(f"cannot read {path}: permission denied; check its permissions") from None
+
+
 def read_text(path: str | os.PathLike[str]) -> str:
     """Read a UTF-8 text file, with one-line errors for a missing, non-UTF-8 or empty file.
 
@@ -330,14 +344,8 @@ def read_text(path: str | os.PathLike[str]) -> str:
     CorpusError: latin1.txt is not UTF-8 text: byte 0xe9 at byte offset 3 ...
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CorpusError(f"corpus file not found: {path}; check the path") from None
-    except IsADirectoryError:
-        raise CorpusError(f"{path} is a directory; pass it as the corpus itself") from None
-    except PermissionError:
-        raise CorpusError(f"cannot read {path}: permission denied; check its permissions") from None
+    with open_corpus_file(path) as fh:
+        data = fh.read()
     if not data.strip():
         raise CorpusError(f"corpus file {path} is empty; give a file that contains some text")
     try:

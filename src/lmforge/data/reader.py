@@ -17,11 +17,10 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
-from lmforge.data.corpora import Corpus
+from lmforge.data.corpora import Corpus, open_corpus_file
 from lmforge.errors import CorpusError
 
 BLOCK_BYTES = 1 << 22
@@ -93,7 +92,7 @@ def read_bytes(spans: list[Span], block: int | None = None) -> Iterator[bytes]:
     :data:`BLOCK_BYTES`)."""
     block = block or BLOCK_BYTES
     for span in spans:
-        with _open(span.path) as fh:
+        with open_corpus_file(span.path) as fh:
             fh.seek(span.start)
             left = span.stop - span.start
             while left > 0:
@@ -177,26 +176,15 @@ def find_byte(spans: list[Span], needle: bytes, start: int, stop: int) -> int:
     return -1
 
 
-def _open(path: Path) -> BinaryIO:
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise CorpusError(f"corpus file not found: {path}; check the path") from None
-    except IsADirectoryError:
-        raise CorpusError(f"{path} is a directory; pass it as the corpus itself") from None
-    except PermissionError:
-        raise CorpusError(f"cannot read {path}: permission denied; check its permissions") from None
-
-
 def _size(path: Path) -> int:
-    with _open(path) as fh:
+    with open_corpus_file(path) as fh:
         return os.fstat(fh.fileno()).st_size
 
 
 def _ends_with_newline(path: Path, size: int) -> bool:
     if size == 0:
         return False
-    with _open(path) as fh:
+    with open_corpus_file(path) as fh:
         fh.seek(size - 1)
         return fh.read(1) == b"\n"
 
