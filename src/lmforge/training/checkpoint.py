@@ -39,10 +39,27 @@ def load_trainer_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise RunError(f"cannot resume: {path} is damaged or not a trainer state ({exc})") from None
+        reason = _short_reason(exc)
+        raise RunError(
+            f"cannot resume: {path} is damaged or not a trainer state ({reason}); start the run "
+            "again, or resume from a backup of the run directory"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise RunError(f"cannot resume: {path} has an unknown trainer-state format")
     return state
+
+
+def _short_reason(exc: Exception) -> str:
+    """The gist of torch.load's error: its unpickler's complaint, else its first line."""
+    text = str(exc).strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text[text.index(marker) :]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    gist = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return gist[:200]
 
 
 class MetricsLog:
