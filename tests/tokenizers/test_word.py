@@ -97,3 +97,19 @@ def test_loading_a_file_of_another_format_is_a_clear_error(tmp_path):
     (tmp_path / "v9.json").write_text('{"format": "lmforge-tokenizer", "version": 9}')
     with pytest.raises(TokenizerError, match="version 9"):
         load_tokenizer(tmp_path / "v9.json")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a a b b c <unk>", "a a b b c", "<unk> <unk> <unk> a a b b c", "a b c d e f g"],
+)
+@pytest.mark.parametrize("max_vocab", [2, 3, 4])
+def test_max_vocab_bounds_the_vocabulary_with_unk_counted(text, max_vocab):
+    tok = WordTokenizer.train(text, max_vocab=max_vocab)
+    assert tok.vocab_size <= max_vocab
+    words = set(text.split())
+    assert ("<unk>" in tok.tokens) == (len(words) > max_vocab or "<unk>" in words)
+    assert tok.vocab_size == min(
+        max_vocab, len(words | ({"<unk>"} if len(words) > max_vocab else set()))
+    )
+    assert max(tok.encode(text)) < tok.vocab_size

@@ -118,13 +118,14 @@ class WordTokenizer(Tokenizer):
             raise TokenizerError("cannot train a word tokenizer on text with no words")
         first_seen = {w: i for i, w in enumerate(counts)}
         kept = [w for w, c in counts.items() if c >= min_freq]
-        room = None if max_vocab is None else max_vocab - (0 if UNK in counts else 1)
-        if room is not None and len(kept) > room:
-            by_count = sorted(kept, key=lambda w: (-counts[w], first_seen[w]))
-            chosen = set(by_count[:room])
-            if UNK in counts:
-                chosen.add(UNK)
-            kept = [w for w in kept if w in chosen]
+        if max_vocab is not None:
+            words = [w for w in kept if w != UNK]
+            needs_unk = unk or UNK in kept or len(kept) < len(counts) or len(words) > max_vocab
+            room = max_vocab - 1 if needs_unk else max_vocab  # <unk> always has its slot
+            if len(words) > room:
+                by_count = sorted(words, key=lambda w: (-counts[w], first_seen[w]))
+                chosen = {*by_count[:room], UNK}
+                kept = [w for w in kept if w in chosen]
         dropped = len(kept) < len(counts)
         if (unk or dropped) and UNK not in kept:
             kept.append(UNK)
