@@ -303,6 +303,12 @@ def run_config_missing_key(ctx: Context) -> list[str]:
     return ["sample", str(ctx.run), "--length", "5"]
 
 
+@case("run directory", r"config\.json describes a model that cannot be built \(the model .*family")
+def run_config_model_without_family(ctx: Context) -> list[str]:
+    ctx.edit_run_config(lambda config: config["model"].pop("family"))
+    return ["sample", str(ctx.run), "--length", "5"]
+
+
 @case("run directory", r"config\.json is damaged or was edited: \[train\] batch_size must be an")
 def run_config_wrong_type(ctx: Context) -> list[str]:
     ctx.edit_run_config(lambda config: config["run"]["train"].update(batch_size="4"))

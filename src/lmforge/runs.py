@@ -167,7 +167,7 @@ def load_run(
         )
     try:
         model = model_from_config(config["model"])
-    except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as exc:
+    except (ConfigError, TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as exc:
         raise RunError(
             f"{directory / CONFIG_FILE} describes a model that cannot be built ({exc}); "
             "put back the file the run wrote, or train again"

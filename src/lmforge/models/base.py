@@ -125,7 +125,12 @@ def build_model(family: str, **options: Any) -> LanguageModel:
 def model_from_config(config: dict[str, Any]) -> LanguageModel:
     """Rebuild a model (untrained weights) from :meth:`LanguageModel.config_dict`."""
     options = dict(config)
-    family = options.pop("family")
+    family = options.pop("family", None)
+    if not isinstance(family, str):
+        raise ConfigError(
+            f"the model configuration names no family (got {family!r}); it needs one of "
+            f"{', '.join(model_families())}"
+        )
     return build_model(family, **options)
 
 
