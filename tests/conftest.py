@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from lmforge.errors import DownloadError
+
 # CI replays a fixed set of examples, so a red CI always means a change broke something;
 # runs elsewhere draw new examples each time and keep exploring.
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-from lmforge.errors import DownloadError
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
