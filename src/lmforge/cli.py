@@ -15,277 +15,17 @@ from typing import Any, NoReturn
 
 from lmforge import __version__
 from lmforge.errors import ConfigError, LmforgeError
+from lmforge.train_flags import (
+    ALL_TRAIN_FLAGS,
+    DATA_FLAGS,
+    MODEL_FLAGS,
+    TOKENIZER_FLAGS,
+    TRAIN_FLAGS,
+    add_flags,
+    nested_options,
+)
 
 EXIT_USAGE = 2
-
-# --- flag tables -----------------------------------------------------------------------------
-# Each train flag writes into one section of the run configuration ("section.field").
-
-_DATA_FLAGS: list[tuple[str, dict[str, Any]]] = [
-    (
-        "--corpus",
-        {
-            "dest": "data.corpus",
-            "metavar": "NAME|PATH",
-            "help": "tinyshakespeare, wikitext-2, names, a .txt file or a directory "
-            "(default tinyshakespeare)",
-        },
-    ),
-    (
-        "--data-dir",
-        {
-            "dest": "data.data_dir",
-            "metavar": "DIR",
-            "help": "where named corpora are looked for first (default $LMFORGE_DATA_DIR)",
-        },
-    ),
-    (
-        "--val-fraction",
-        {
-            "dest": "data.val_fraction",
-            "type": float,
-            "help": "share of the text held out when the corpus has no "
-            "validation file (default 0.1)",
-        },
-    ),
-]
-
-_TOKENIZER_FLAGS: list[tuple[str, dict[str, Any]]] = [
-    (
-        "--tokenizer",
-        {
-            "dest": "tokenizer.kind",
-            "choices": ["char", "word", "bpe"],
-            "help": "tokenizer to train for the run (default char)",
-        },
-    ),
-    (
-        "--tokenizer-file",
-        {
-            "dest": "tokenizer.file",
-            "metavar": "JSON",
-            "help": "use this saved tokenizer instead of training one",
-        },
-    ),
-    ("--vocab-size", {"dest": "tokenizer.vocab_size", "type": int, "help": "BPE vocabulary size"}),
-    (
-        "--pattern",
-        {
-            "dest": "tokenizer.pattern",
-            "metavar": "gpt2|gpt4|none|REGEX",
-            "help": "BPE pre-tokenization split pattern (default gpt4)",
-        },
-    ),
-    (
-        "--special",
-        {
-            "dest": "tokenizer.special",
-            "nargs": "+",
-            "metavar": "TOKEN",
-            "help": "BPE special tokens, e.g. <|endoftext|>",
-        },
-    ),
-    (
-        "--special-text",
-        {
-            "dest": "tokenizer.special_text",
-            "choices": ["plain", "allow", "error"],
-            "help": "special-token text in the corpus: ordinary text (plain, default), the "
-            "special token (allow), or an error",
-        },
-    ),
-    (
-        "--word-split",
-        {
-            "dest": "tokenizer.word_split",
-            "choices": ["words", "whitespace"],
-            "help": "word tokenizer: separate punctuation (words) or split on "
-            "spaces only (whitespace)",
-        },
-    ),
-    (
-        "--lowercase",
-        {
-            "dest": "tokenizer.lowercase",
-            "action": "store_const",
-            "const": True,
-            "help": "word tokenizer: lowercase the text",
-        },
-    ),
-    (
-        "--min-freq",
-        {
-            "dest": "tokenizer.min_freq",
-            "type": int,
-            "help": "word/BPE: drop tokens (pairs) seen fewer times",
-        },
-    ),
-    (
-        "--max-vocab",
-        {
-            "dest": "tokenizer.max_vocab",
-            "type": int,
-            "help": "word tokenizer: keep only the most frequent words",
-        },
-    ),
-    (
-        "--unk",
-        {
-            "dest": "tokenizer.unk",
-            "action": "store_const",
-            "const": True,
-            "help": "add <unk> so unknown tokens encode to it",
-        },
-    ),
-]
-
-_MODEL_FLAGS: list[tuple[str, dict[str, Any]]] = [
-    (
-        "--model",
-        {
-            "dest": "model.family",
-            "metavar": "FAMILY",
-            "help": "bigram, context, rnn, gru, lstm or transformer (default lstm)",
-        },
-    ),
-    (
-        "--preset",
-        {
-            "dest": "model.preset",
-            "choices": ["tiny", "small", "gpt2"],
-            "help": "transformer size and training preset (default: tiny on a CPU, small on "
-            "a GPU); size flags override it",
-        },
-    ),
-    ("--n-embd", {"dest": "model.n_embd", "type": int, "help": "embedding size"}),
-    ("--n-hidden", {"dest": "model.n_hidden", "type": int, "help": "recurrent state size"}),
-    ("--n-layer", {"dest": "model.n_layer", "type": int, "help": "number of layers"}),
-    ("--n-head", {"dest": "model.n_head", "type": int, "help": "attention heads"}),
-    ("--dropout", {"dest": "model.dropout", "type": float, "help": "dropout probability"}),
-    (
-        "--tie-weights",
-        {
-            "dest": "model.tie_weights",
-            "action": "store_const",
-            "const": True,
-            "help": "share the embedding and output matrices",
-        },
-    ),
-    (
-        "--position",
-        {
-            "dest": "model.position",
-            "choices": ["learned", "rotary"],
-            "help": "transformer positions: a learned table (GPT-2) or rotary (RoPE)",
-        },
-    ),
-    (
-        "--context-mode",
-        {
-            "dest": "model.mode",
-            "choices": ["sum", "mean"],
-            "help": "context model: sum or mean of the embeddings",
-        },
-    ),
-]
-
-_TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
-    ("--batch-size", {"dest": "train.batch_size", "type": int, "help": "windows per step (B)"}),
-    ("--block-size", {"dest": "train.block_size", "type": int, "help": "window length (T)"}),
-    ("--max-steps", {"dest": "train.max_steps", "type": int, "help": "optimizer steps"}),
-    (
-        "--time-budget",
-        {
-            "dest": "train.time_budget",
-            "type": float,
-            "metavar": "SECONDS",
-            "help": "train for this long; the schedule spans it and the last "
-            "evaluation and checkpoint fit inside it",
-        },
-    ),
-    ("--learning-rate", {"dest": "train.learning_rate", "type": float, "help": "peak rate"}),
-    (
-        "--min-lr",
-        {
-            "dest": "train.min_lr",
-            "type": float,
-            "help": "rate at the end of the cosine (default learning rate / 10)",
-        },
-    ),
-    ("--warmup-steps", {"dest": "train.warmup_steps", "type": int, "help": "linear warmup"}),
-    ("--lr-schedule", {"dest": "train.lr_schedule", "choices": ["cosine", "constant"]}),
-    ("--optimizer", {"dest": "train.optimizer", "choices": ["adamw", "sgd"]}),
-    (
-        "--weight-decay",
-        {"dest": "train.weight_decay", "type": float, "help": "AdamW decay (matrices only)"},
-    ),
-    ("--beta1", {"dest": "train.beta1", "type": float}),
-    ("--beta2", {"dest": "train.beta2", "type": float}),
-    ("--momentum", {"dest": "train.momentum", "type": float, "help": "SGD momentum"}),
-    (
-        "--grad-clip",
-        {"dest": "train.grad_clip", "type": float, "help": "clip the gradient norm (0: off)"},
-    ),
-    (
-        "--grad-accum",
-        {"dest": "train.grad_accum", "type": int, "help": "batches accumulated per optimizer step"},
-    ),
-    (
-        "--eval-interval",
-        {
-            "dest": "train.eval_interval",
-            "type": int,
-            "help": "steps between validation + checkpoint",
-        },
-    ),
-    (
-        "--eval-iters",
-        {"dest": "train.eval_iters", "type": int, "help": "batches per validation estimate"},
-    ),
-    (
-        "--log-interval",
-        {"dest": "train.log_interval", "type": int, "help": "steps between metrics records"},
-    ),
-    ("--seed", {"dest": "train.seed", "type": int, "help": "makes the run reproducible"}),
-    ("--device", {"dest": "train.device", "help": "auto (default), cpu, cuda, cuda:N, mps"}),
-    (
-        "--dtype",
-        {
-            "dest": "train.dtype",
-            "choices": ["auto", "float32", "bfloat16", "float16"],
-            "help": "autocast precision (auto, the default: bfloat16 where the device computes "
-            "it natively, else float32)",
-        },
-    ),
-    (
-        "--compile",
-        {
-            "dest": "train.compile",
-            "action": "store_const",
-            "const": True,
-            "help": "torch.compile the model",
-        },
-    ),
-]
-
-
-def _add_flags(parser: argparse.ArgumentParser, title: str, flags: list) -> None:
-    group = parser.add_argument_group(title)
-    for flag, options in flags:
-        group.add_argument(flag, default=None, **options)
-
-
-def _nested(args: argparse.Namespace, flags: list) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for _, options in flags:
-        section, field = options["dest"].split(".")
-        value = getattr(args, options["dest"])
-        if value is not None:
-            tree.setdefault(section, {})[field] = value
-    return tree
-
-
-_ALL_TRAIN_FLAGS = _DATA_FLAGS + _TOKENIZER_FLAGS + _MODEL_FLAGS + _TRAIN_FLAGS
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -295,7 +35,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lmforge.config import resolve_config
     from lmforge.training.trainer import resume_config, train
 
-    overrides = _nested(args, _ALL_TRAIN_FLAGS)
+    overrides = nested_options(args, ALL_TRAIN_FLAGS)
     if args.resume:
         if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
             raise ConfigError("--resume RUN continues RUN in place; drop --out")
@@ -585,10 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue a saved run exactly")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_flags(p, "data", _DATA_FLAGS)
-    _add_flags(p, "tokenizer", _TOKENIZER_FLAGS)
-    _add_flags(p, "model", _MODEL_FLAGS)
-    _add_flags(p, "training", _TRAIN_FLAGS)
+    add_flags(p, "data", DATA_FLAGS)
+    add_flags(p, "tokenizer", TOKENIZER_FLAGS)
+    add_flags(p, "model", MODEL_FLAGS)
+    add_flags(p, "training", TRAIN_FLAGS)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generate text from a trained run")
