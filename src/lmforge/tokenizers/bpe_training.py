@@ -46,15 +46,9 @@ def count_pieces(
         chunks = iter(["".join(chunks)])
     counts: Counter[str] = Counter()
     bar = _progress_bar(None, "counting pieces", progress, unit="char")
-    if processes > 1:
-        from lmforge.tokenizers.parallel import ordered_map
+    from lmforge.tokenizers.parallel import ordered_map
 
-        counted = ordered_map(
-            _count_in_worker, chunks, processes, _init_counter, (pattern, special)
-        )
-    else:
-        _init_counter(pattern, special)
-        counted = map(_count_in_worker, chunks)
+    counted = ordered_map(_count_in_worker, chunks, processes, _init_counter, (pattern, special))
     for chunk_counts, chars in counted:
         counts.update(chunk_counts)
         bar.update(chars)

@@ -42,7 +42,13 @@ def ordered_map(
 ) -> Iterator[Any]:
     """``function(item)`` for each item, computed in ``processes`` worker processes (each set
     up once by ``initializer(*initargs)``), yielded in the order of ``items``; items are
-    taken from ``items`` only as workers need them. ``function`` must be importable by name."""
+    taken from ``items`` only as workers need them. ``function`` must be importable by name.
+    With ``processes <= 1`` everything runs here, after ``initializer`` has run here."""
+    if processes <= 1:
+        if initializer is not None:
+            initializer(*initargs)
+        yield from map(function, items)
+        return
     context = multiprocessing.get_context("spawn")  # safe after torch has started threads
     with context.Pool(processes, initializer=initializer, initargs=initargs) as pool:
         pending: deque[Any] = deque()

@@ -102,15 +102,9 @@ class WordTokenizer(Tokenizer):
         if max_vocab is not None and max_vocab < 2:
             raise TokenizerError(f"max_vocab must be at least 2, got {max_vocab}")
         chunks = [text] if isinstance(text, str) else text
-        if processes > 1:
-            from lmforge.tokenizers.parallel import ordered_map
+        from lmforge.tokenizers.parallel import ordered_map
 
-            counted = ordered_map(
-                _count_words, chunks, processes, _init_counter, (split, lowercase)
-            )
-        else:
-            _init_counter(split, lowercase)
-            counted = map(_count_words, chunks)
+        counted = ordered_map(_count_words, chunks, processes, _init_counter, (split, lowercase))
         counts: Counter[str] = Counter()  # insertion order = first appearance
         for chunk_counts in counted:
             counts.update(chunk_counts)
