@@ -16,7 +16,7 @@ from lmforge.config import resolve_config
 from lmforge.errors import TrainingError
 from lmforge.runs import load_run
 from lmforge.training import loop, train
-from lmforge.training.checkpoint import load_trainer_state, read_metrics
+from lmforge.training.checkpoint import MetricsLog, load_trainer_state, read_metrics
 from lmforge.training.optimizer import make_optimizer
 
 
@@ -149,6 +149,38 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(
     monkeypatch.undo()
     assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
     assert load_trainer_state(run_dir / "trainer_state.pt")["step"] == 30
+
+
+def test_a_full_disk_while_logging_keeps_the_checkpoint_and_says_so(
+    tiny_corpus, tmp_path, monkeypatch, capsys
+):
+    run_dir = tmp_path / "run"
+    real_append = MetricsLog.append
+    appends = {"n": 0}
+
+    def disk_fills_up_at_the_fifth_record(self, record):
+        appends["n"] += 1
+        if appends["n"] < 5:
+            return real_append(self, record)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write('{"step": ')  # a torn line, as a write cut short leaves
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(MetricsLog, "append", disk_fills_up_at_the_fifth_record)
+    args = tiny_args(
+        tiny_corpus, run_dir, "--max-steps", "30", "--eval-interval", "10", "--log-interval", "5"
+    )
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert err.startswith("lmforge: error: could not add the record of step ")
+    assert "(No space left on device)" in err and f"--resume {run_dir}" in err
+    assert "the last good checkpoint (step 10) is kept" in err
+    assert assert_loadable_and_finite(run_dir)["step"] == 10
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
+    steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")]
+    assert steps == sorted(set(steps)) and steps[-1] == 30
 
 
 def test_best_weights_are_written_atomically(tiny_corpus, tmp_path, monkeypatch):

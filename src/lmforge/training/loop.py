@@ -342,7 +342,14 @@ class Trainer:
 
     def _append(self, record: dict[str, Any]) -> None:
         if self.info.is_main:
-            self.metrics.append(record)
+            try:
+                self.metrics.append(record)
+            except OSError as exc:
+                raise TrainingError(
+                    f"could not add the record of step {self.step} to {self.metrics.path} "
+                    f"({exc.strerror or exc}); {self._kept()}; free some space, then continue "
+                    f"with --resume {self.run_dir}"
+                ) from None
         self._reach("record")
 
     def _mean_loss(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> float:
