@@ -39,6 +39,7 @@ def count_pieces(
     Counter({' be': 2, 'to': 1, ' or': 1, ' not': 1, ' to': 1})
     """
     from lmforge.data.stream import chunk_text
+    from lmforge.tokenizers.parallel import ordered_map
 
     special = list(special)
     chunks = chunk_text(text) if isinstance(text, str) else iter(text)
@@ -46,8 +47,6 @@ def count_pieces(
         chunks = iter(["".join(chunks)])
     counts: Counter[str] = Counter()
     bar = _progress_bar(None, "counting pieces", progress, unit="char")
-    from lmforge.tokenizers.parallel import ordered_map
-
     counted = ordered_map(_count_in_worker, chunks, processes, _init_counter, (pattern, special))
     for chunk_counts, chars in counted:
         counts.update(chunk_counts)
