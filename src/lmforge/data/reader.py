@@ -136,22 +136,26 @@ def read_blocks(spans: list[Span], block: int | None = None) -> Iterator[str]:
             yield "\n"
 
 
-def count_chars(spans: list[Span]) -> int:
-    """How many characters the spans' text has (UTF-8 bytes that start a character)."""
-    return sum(int(np.count_nonzero(_char_starts(data))) for data in read_bytes(spans))
+def char_fraction_offset(spans: list[Span], fraction: float) -> int:
+    """The byte offset of character ``int(n * fraction)`` of the spans' text, ``n`` being its
+    number of characters (UTF-8 bytes that start one). The text is read once, counting each
+    block's characters; then only the block holding that character is read again.
 
-
-def char_offset_to_byte(spans: list[Span], char_index: int) -> int:
-    """The byte offset of character ``char_index`` of the spans' text."""
-    chars = 0
-    position = 0
+    >>> char_fraction_offset([Span(Path("a"), 0, 6, 6)], 0.5)  # "aé b\n": 5 characters
+    3
+    """
+    blocks: list[tuple[int, int]] = []  # (byte offset, characters before) of each block
+    chars = position = 0
     for data in read_bytes(spans):
-        starts = _char_starts(data)
-        count = int(np.count_nonzero(starts))
-        if chars + count > char_index:
-            return position + int(np.flatnonzero(starts)[char_index - chars])
-        chars += count
+        blocks.append((position, chars))
+        chars += int(np.count_nonzero(_char_starts(data)))
         position += len(data)
+    target = int(chars * fraction)
+    ends = [*blocks[1:], (position, chars)]
+    for (start, before), (stop, after) in zip(blocks, ends, strict=True):
+        if after > target:
+            data = b"".join(read_bytes(slice_spans(spans, start, stop)))
+            return start + int(np.flatnonzero(_char_starts(data))[target - before])
     return position
 
 

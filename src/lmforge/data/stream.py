@@ -32,9 +32,8 @@ import numpy as np
 from lmforge.data.corpora import Corpus
 from lmforge.data.reader import (
     Span,
-    char_offset_to_byte,
+    char_fraction_offset,
     corpus_spans,
-    count_chars,
     find_byte,
     read_blocks,
     slice_spans,
@@ -136,9 +135,9 @@ def held_out_cut(text: str, val_fraction: float) -> int:
 
 def held_out_offset(spans: list[Span], val_fraction: float) -> int:
     """:func:`held_out_cut` of the spans' text, as a byte offset, found by streaming reads
-    (a count of the characters, then a search from the character where the tail starts)."""
+    (the character where the tail starts, then a search for a line start from there)."""
     size = total_bytes(spans)
-    exact = char_offset_to_byte(spans, int(count_chars(spans) * (1.0 - val_fraction)))
+    exact = char_fraction_offset(spans, 1.0 - val_fraction)
     for boundary in (b"\n", b" "):
         found = find_byte(spans, boundary, exact, size - 1)
         if found >= 0:
