@@ -406,7 +406,10 @@ class Engine:
         kept: list[int] = []
         context = self.model.max_context
         for i, (slot, info) in enumerate(zip(rows, infos, strict=True)):
-            if slot.seq._cancelled or i in failed:
+            if i in failed:
+                continue
+            if slot.seq._cancelled:
+                self._end(slot, "cancelled", outbox)
                 continue
             slot.generated += 1
             slot.history.append(info.token)
