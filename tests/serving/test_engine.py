@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -15,7 +15,7 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.generation import SampleConfig, generate, generate_ids, score
-from lmforge.models import build_model
+from lmforge.models import build_model, ragged
 from lmforge.models.base import LanguageModel
 from lmforge.serving.engine import Engine, EngineStopped, QueueFull, Request, TokenInfo
 from lmforge.tokenizers import CharTokenizer
@@ -32,7 +32,18 @@ MODELS = {
     "bigram": {},
     "context-mean": dict(mode="mean", n_embd=16, block_size=6),
     "context-sum": dict(mode="sum"),
+    "context-mean-unbounded": dict(mode="mean"),
 }
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models run one token at a time: a second intra-op thread only adds hand-offs
+    (10x slower on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_model(kind: str, seed: int = 0) -> LanguageModel:
@@ -112,18 +123,37 @@ def assert_same(batched: list[TokenInfo], single: list[TokenInfo]) -> None:
         assert [lp for _, lp in b.top] == pytest.approx([lp for _, lp in s.top], abs=1e-4)
 
 
+def generate_ids_logprobs(
+    model: LanguageModel, prompt: list[int], config: SampleConfig
+) -> tuple[list[int], list[float]]:
+    """generate_ids's tokens, and the logprob of each under the logits it was drawn from."""
+    logits: list[torch.Tensor] = []
+    hook = model.register_forward_hook(lambda m, i, out: logits.append(out[0][0, -1].float()))
+    try:
+        tokens = [int(t) for t in generate_ids(model, prompt, config)]
+    finally:
+        hook.remove()
+    logprobs = [float(torch.log_softmax(row, -1)[t]) for row, t in zip(logits, tokens, strict=True)]
+    return tokens, logprobs
+
+
 @pytest.mark.parametrize("kind", ["transformer", "rotary", "lstm"])
-def test_batched_equals_alone_and_generate_ids(kind: str) -> None:
+def test_batched_equals_alone_and_generate_ids(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ragged, "MIN_CAPACITY", 8)  # the caches grow: 8, 16, 24
     model = make_model(kind)
     prompt = [3, 1, 4, 1, 5, 9, 2, 6]
     request = Request(prompt, greedy(40), top_logprobs=3)  # 48 tokens: past the block of 24
     single = asyncio.run(alone(model, request))
     batched = asyncio.run(in_busy_batch(model, request))
     assert_same(batched, single)
-    assert [t.token for t in single] == [int(t) for t in generate_ids(model, prompt, greedy(40))]
+    tokens, logprobs = generate_ids_logprobs(model, prompt, greedy(40))
+    assert [t.token for t in single] == tokens
+    assert [t.logprob for t in single] == pytest.approx(logprobs, abs=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["gru", "rnn", "bigram", "context-mean", "context-sum"])
+@pytest.mark.parametrize(
+    "kind", ["gru", "rnn", "bigram", "context-mean", "context-sum", "context-mean-unbounded"]
+)
 def test_batched_equals_alone_other_families(kind: str) -> None:
     model = make_model(kind)
     prompt = [7, 7, 2]
@@ -179,10 +209,12 @@ def test_transformer_window_slides_as_generate_ids() -> None:
         assert tokens == [int(t) for t in generate_ids(model, prompt, config)]
 
 
-def test_echo_prompt_logprobs_equal_score() -> None:
+@pytest.mark.parametrize("continuation", ["defgh", "defghijklmnopqrstuvwxyzABCDEFGH"])
+def test_echo_prompt_logprobs_equal_score(continuation: str) -> None:
+    """Within the block, and past it (each prediction then sees the last 24 tokens)."""
     model = make_model("transformer")
     tokenizer = CharTokenizer.train(TEXT)
-    prompt, continuation = "abc", "defghijklmnopqrstuvwxyzABCDEFGH"  # 34 tokens: past the block
+    prompt = "abc"
 
     async def echo() -> tuple:
         async with running(model) as engine:

@@ -293,9 +293,10 @@ class Engine:
         for _, loop, future in calls:
             loop.call_soon_threadsafe(_fail_future, future, EngineStopped("the engine stopped"))
 
-    def _admit(self) -> list[_Slot]:
+    def _admit(self) -> list[Sequence]:
         """Waiting sequences that get a slot now (cancelled ones are ended)."""
-        admitted, ended = [], []
+        admitted: list[Sequence] = []
+        ended: list[Sequence] = []
         with self._cond:
             while self._waiting and self.active + len(admitted) < self.max_batch:
                 seq = self._waiting.popleft()
@@ -305,7 +306,7 @@ class Engine:
                     admitted.append(seq)
         for seq in ended:
             _deliver({seq._loop: [(seq, [_END])]})
-        return [_Slot(seq, self._device, self._vocab_size) for seq in admitted]
+        return admitted
 
     def _step(self) -> None:
         """One engine step: decode the batch, read new (and slid) prompts, sample, deliver,
@@ -321,12 +322,15 @@ class Engine:
                 for slot in self._rows:
                     self._fail(slot, exc, outbox)
                 self._rows, self._batch = [], batch_for(self.model)
-        joining, self._rejoining = self._rejoining + self._admit(), []
+        joining: list[_Slot | Sequence] = [*self._rejoining, *self._admit()]
+        self._rejoining = []
         for slot in joining:
             try:
+                if isinstance(slot, Sequence):
+                    slot = _Slot(slot, self._device, self._vocab_size)
                 logits = self._read_window(slot)
             except Exception as exc:
-                self._fail(slot, exc, outbox)
+                self._fail_sequence(slot if isinstance(slot, Sequence) else slot.seq, exc, outbox)
                 continue
             if slot.config.max_new_tokens == 0:
                 self._end(slot, "length", outbox)
@@ -461,9 +465,12 @@ class Engine:
         outbox.setdefault(slot.seq._loop, []).append((slot.seq, [_END]))
 
     def _fail(self, slot: _Slot, exc: Exception, outbox: dict) -> None:
-        self._finish(slot.seq, "error")
+        self._fail_sequence(slot.seq, exc, outbox)
+
+    def _fail_sequence(self, seq: Sequence, exc: Exception, outbox: dict) -> None:
+        self._finish(seq, "error")
         error = exc if isinstance(exc, LmforgeError) else LmforgeError(f"model step failed: {exc}")
-        outbox.setdefault(slot.seq._loop, []).append((slot.seq, [error]))
+        outbox.setdefault(seq._loop, []).append((seq, [error]))
 
 
 def _token_infos(logprobs: torch.Tensor, tokens: torch.Tensor, tops: list[int]) -> list[TokenInfo]:
