@@ -122,21 +122,29 @@ def validate(model: type[BaseModel], value: Any) -> Any:
 
 
 def validation_error(errors: Sequence[Any]) -> APIError:
-    """The 400 for pydantic's (or FastAPI's) list of validation errors: the first one, with
-    ``param`` the dotted path of the field."""
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
-    # Drop the type tags pydantic adds for unions (e.g. prompt.str, prompt.list[str]).
-    loc = [part for part in loc if not any(c in part for c in "[]") and part not in _TYPE_TAGS]
-    param = ".".join(loc) or None
-    message = str(first.get("msg", "invalid value"))
-    if message.startswith("Value error, "):
-        message = message[len("Value error, ") :]
+    """The 400 for pydantic's (or FastAPI's) list of validation errors: the first field's
+    most precise problem, with ``param`` its dotted path (``prompt.1``)."""
+    if not errors:
+        return APIError(400, "invalid request", code="invalid_value")
+    located = [(_param(e.get("loc", ())), e) for e in errors]
+    field = located[0][0].split(".")[0]
+    param, first = max(
+        (item for item in located if item[0].split(".")[0] == field),
+        key=lambda item: item[0].count("."),
+    )
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     shown = f"{param}: {message}" if param else message
-    return APIError(400, f"invalid request: {shown}", param=param, code="invalid_value")
+    return APIError(400, f"invalid request: {shown}", param=param or None, code="invalid_value")
 
 
-_TYPE_TAGS = {"str", "int", "float", "bool", "list", "function-after", "constrained-int"}
+def _param(loc: Sequence[Any]) -> str:
+    """``("body", "prompt", "list[str]", 1)`` → ``"prompt.1"`` (pydantic's union tags and
+    FastAPI's "body" dropped)."""
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(p for p in parts if not any(c in p for c in "[]-") and p not in _TYPE_TAGS)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
 # --- request models ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -115,13 +116,11 @@ def serve(
             f"cannot listen on {host}:{port} ({exc}); choose another --port or --host"
         ) from None
     host_shown = f"[{host}]" if ":" in host else host
-    actual_port = sock.getsockname()[1]
-    print(
-        f"lmforge serve: http://{host_shown}:{actual_port} (models: {', '.join(names)})",
-        file=sys.stderr,
-        flush=True,
-    )
     server = _Server(config)
+    server.banner = (
+        f"lmforge serve: http://{host_shown}:{sock.getsockname()[1]} "
+        f"(models: {', '.join(names)})"
+    )
     server.run(sockets=[sock])
     print("lmforge serve: stopped", file=sys.stderr, flush=True)
     return 0
@@ -138,7 +137,15 @@ def _log_to_stderr() -> None:
 
 class _Server(uvicorn.Server):
     """uvicorn's server, except that a caught Ctrl-C or SIGTERM ends it with exit code 0
-    (uvicorn raises the signal again after its graceful shutdown)."""
+    (uvicorn raises the signal again after its graceful shutdown), and ``banner`` is printed
+    once it accepts connections."""
+
+    banner = ""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.banner:
+            print(self.banner, file=sys.stderr, flush=True)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
