@@ -293,7 +293,7 @@ def test_serve_command_logs_each_request_and_drains_on_sigterm(runs, tmp_path):
         headers = {"Authorization": "Bearer sk-from-file"}
         assert httpx.get(f"{url}/v1/models", headers=headers).status_code == 200
         # A stream in flight when SIGTERM comes is finished, then the server exits 0.
-        request = {"model": LSTM, "prompt": "to", "max_tokens": 500, "stream": True}
+        request = {"model": LSTM, "prompt": "to", "max_tokens": 150, "stream": True}
         events = []
 
         def read_stream():
@@ -314,7 +314,7 @@ def test_serve_command_logs_each_request_and_drains_on_sigterm(runs, tmp_path):
         assert events[-1] == "[DONE]", log
         assert events[-2]["choices"][0]["finish_reason"] == "length"
         assert "GET /v1/models 200" in log
-        assert "POST /v1/completions 200 prompt_tokens=2 generated_tokens=500" in log
+        assert "POST /v1/completions 200 prompt_tokens=2 generated_tokens=150" in log
         assert "Traceback" not in log
     finally:
         if process.poll() is None:

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lmforge import generation
 from lmforge.errors import LmforgeError
 from lmforge.serving import completions
+from lmforge.serving.engine import EngineStopped, QueueFull
 from lmforge.serving.metrics import CONTENT_TYPE, ServerMetrics
 from lmforge.serving.protocol import (
     MAX_BODY_BYTES,
@@ -279,6 +280,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(LmforgeError)
     async def bad_input(request: Request, exc: LmforgeError) -> JSONResponse:
+        if isinstance(exc, EngineStopped):
+            return reply(APIError(503, str(exc), code="server_stopping"))
+        if isinstance(exc, QueueFull):
+            return reply(APIError(429, str(exc), code="queue_full"))
         return reply(APIError(400, str(exc), code="invalid_value"))
 
     @app.exception_handler(RequestValidationError)

@@ -18,6 +18,7 @@ from typing import Any
 
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.generation import SampleConfig, StopFilter, primed_decoder, prompt_ids
+from lmforge.serving.engine import QueueFull, Request
 from lmforge.serving.protocol import (
     APIError,
     CompletionRequest,
@@ -80,8 +81,6 @@ class Choice:
         body: CompletionRequest,
         timing: Timing,
     ) -> None:
-        from lmforge.serving.engine import Request
-
         self.served = served
         self.tokenizer = served.tokenizer
         self.index = index
@@ -190,8 +189,6 @@ def make_choices(
 ) -> list[Choice]:
     """Check the prompts and submit ``n`` sequences per prompt; on any failure the sequences
     already submitted are cancelled."""
-    from lmforge.serving.engine import QueueFull
-
     config = sample_config(body, settings.max_tokens_limit)
     n = body.n or 1
     prompts = body.prompts

@@ -118,8 +118,7 @@ def serve(
     host_shown = f"[{host}]" if ":" in host else host
     server = _Server(config)
     server.banner = (
-        f"lmforge serve: http://{host_shown}:{sock.getsockname()[1]} "
-        f"(models: {', '.join(names)})"
+        f"lmforge serve: http://{host_shown}:{sock.getsockname()[1]} (models: {', '.join(names)})"
     )
     server.run(sockets=[sock])
     print("lmforge serve: stopped", file=sys.stderr, flush=True)
