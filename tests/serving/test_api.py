@@ -238,29 +238,31 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(start_server, runs)
 
 
 def test_queue_full_is_429_and_the_server_recovers(start_server, runs):
-    with start_server(runs[1:], max_batch=1, max_queue=1, max_tokens_limit=100_000) as srv:
+    with start_server(runs[1:], max_batch=1, max_queue=2, max_tokens_limit=100_000) as srv:
         engine = srv.engine(LSTM)
         request = {"model": LSTM, "prompt": "to", "max_tokens": 100_000, "stream": True}
         with httpx.Client(base_url=srv.url, timeout=60) as client:
             streams = []
             try:
-                for expected_active, expected_queued in ((1, 0), (1, 1)):
+                for expected in ((1, 0), (1, 1)):  # one decoding, one waiting
                     streams.append(client.stream("POST", "/v1/completions", json=request))
                     streams[-1].__enter__()
-                    assert wait_until(
-                        lambda a=expected_active, q=expected_queued: (
-                            (engine.active, engine.queued) == (a, q)
-                        )
-                    )
+                    assert wait_until(lambda e=expected: (engine.active, engine.queued) == e)
+                # n=2: the first sequence takes the last place in the queue, the second is
+                # refused, and the first is withdrawn with it.
                 full = httpx.post(
-                    f"{srv.url}/v1/completions", json={"model": LSTM, "prompt": "a"}, timeout=60
+                    f"{srv.url}/v1/completions", json={**request, "stream": False, "n": 2}
                 )
                 assert full.status_code == 429
                 assert full.json()["error"]["type"] == "rate_limit_error"
+                assert full.json()["error"]["code"] == "queue_full"
             finally:
                 for s in streams:
                     s.__exit__(None, None, None)
         assert wait_until(lambda: engine.active == 0 and engine.queued == 0)
+        steps = engine.steps
+        time.sleep(0.2)
+        assert (engine.active, engine.queued, engine.steps) == (0, 0, steps)  # nothing left
         assert completion(srv, model=LSTM, prompt="to", max_tokens=2)["choices"][0]["text"]
 
 

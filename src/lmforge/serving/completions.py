@@ -18,7 +18,7 @@ from typing import Any
 
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.generation import SampleConfig, StopFilter, primed_decoder, prompt_ids
-from lmforge.serving.engine import QueueFull, Request
+from lmforge.serving.engine import Request
 from lmforge.serving.protocol import (
     APIError,
     CompletionRequest,
@@ -224,15 +224,7 @@ def make_choices(
                 seed = None if config.seed is None else config.seed + i
                 sample = dataclasses.replace(config, seed=seed)
                 choices.append(Choice(served, p_index * n + i, text, ids, sample, body, timing))
-    except QueueFull:
-        for c in choices:
-            c.cancel()
-        raise APIError(
-            429,
-            f"model '{served.name}' has too many requests waiting; retry later",
-            code="queue_full",
-        ) from None
-    except BaseException:
+    except BaseException:  # e.g. QueueFull (429): withdraw the sequences already queued
         for c in choices:
             c.cancel()
         raise
