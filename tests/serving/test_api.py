@@ -237,6 +237,31 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(start_server, runs)
         )
 
 
+def test_a_client_that_gives_up_on_a_plain_completion_frees_its_slot(start_server, runs):
+    with start_server(runs[1:], max_tokens_limit=100_000) as srv:
+        engine = srv.engine(LSTM)
+        request = {"model": LSTM, "prompt": "to", "max_tokens": 100_000}
+        outcome = []
+
+        def give_up_after_a_second():
+            try:
+                client.post("/v1/completions", json=request, timeout=1)
+            except httpx.ReadTimeout as exc:
+                outcome.append(exc)
+
+        with httpx.Client(base_url=srv.url) as client:
+            sent = threading.Thread(target=give_up_after_a_second)
+            sent.start()
+            assert wait_until(lambda: engine.active == 1)
+            sent.join()  # the client's read timed out and it closed the connection
+        assert len(outcome) == 1
+        assert wait_until(lambda: engine.active == 0)
+        steps = engine.steps
+        time.sleep(0.2)
+        assert engine.steps == steps < 100_000
+        assert completion(srv, model=LSTM, prompt="to", max_tokens=2)["choices"][0]["text"]
+
+
 def test_queue_full_is_429_and_the_server_recovers(start_server, runs):
     with start_server(runs[1:], max_batch=1, max_queue=2, max_tokens_limit=100_000) as srv:
         engine = srv.engine(LSTM)
