@@ -13,7 +13,8 @@ with the text's length. ``block_size=None`` (runs made before it existed) sums e
 The window sums are cumulative sums minus the cumulative sums of the tokens that left the
 window, O(T). The model is order-blind by design: any reordering of the window gives the same
 prediction. The carried state is the sum of the last ``block_size - 1`` embeddings, those
-tokens, and the number of tokens seen.
+tokens, and the number of tokens seen (an int, or a tensor [B] of one count per row, so that
+rows of different lengths can be decoded together).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torch import nn
 from lmforge.errors import ConfigError
 from lmforge.models.base import LanguageModel, ModelConfig, register_model
 
-ContextState = tuple[torch.Tensor, torch.Tensor, int]
+ContextState = tuple[torch.Tensor, torch.Tensor, int | torch.Tensor]
 
 
 @dataclasses.dataclass
@@ -89,16 +90,20 @@ class ContextLM(LanguageModel):
             left = self.embedding(history[:, : length - window]).cumsum(dim=1)
             running = running - F.pad(left, (0, 0, first, 0))
         if self.config.mode == "mean":
-            counts = torch.arange(seen + 1, seen + steps + 1, device=idx.device)
+            # seen: an int, or one count per row [B] (batched decoding of unequal lengths)
+            offsets = torch.as_tensor(seen, device=idx.device).reshape(-1, 1)
+            counts = torch.arange(1, steps + 1, device=idx.device) + offsets  # [1 or B, T]
             if window is not None:
                 counts = counts.clamp(max=window)
-            context = running / counts.to(running.dtype)[None, :, None]
+            context = running / counts.to(running.dtype)[:, :, None]
         else:
             context = running
         logits = context if self.head is None or return_hidden else self.head(context)
         return logits, self._next_state(running[:, -1, :], history, seen + steps)
 
-    def _next_state(self, last: torch.Tensor, history: torch.Tensor, seen: int) -> ContextState:
+    def _next_state(
+        self, last: torch.Tensor, history: torch.Tensor, seen: int | torch.Tensor
+    ) -> ContextState:
         """The state after the last position: the window less its oldest token when full."""
         window = self.config.block_size
         if window is None:

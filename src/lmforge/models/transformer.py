@@ -35,6 +35,7 @@ from torch import nn
 
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.models.base import LanguageModel, ModelConfig, register_model
+from lmforge.models.ragged import RaggedKVCache
 
 POSITIONS = ("learned", "rotary")
 ROPE_BASE = 10000.0
@@ -162,7 +163,7 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cache: KVCache,
+        cache: KVCache | RaggedKVCache,
         layer: int,
         rotary: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> torch.Tensor:
@@ -176,7 +177,9 @@ class CausalSelfAttention(nn.Module):
         past = cache.length
         k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
-        if past == 0:
+        if isinstance(cache, RaggedKVCache):  # rows of different lengths: each its own keys
+            y = attention(q, k, v, attn_mask=cache.mask, dropout_p=dropout)
+        elif past == 0:
             y = attention(q, k, v, dropout_p=dropout, is_causal=t > 1)
         elif t == 1:  # one new token sees every cached one
             y = attention(q, k, v, dropout_p=dropout)
@@ -228,7 +231,7 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cache: KVCache,
+        cache: KVCache | RaggedKVCache,
         layer: int,
         rotary: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> torch.Tensor:
@@ -314,13 +317,19 @@ class TransformerLM(LanguageModel):
         return super().train(mode)
 
     def forward(
-        self, idx: torch.Tensor, state: KVCache | None = None, return_hidden: bool = False
-    ) -> tuple[torch.Tensor, KVCache]:
+        self,
+        idx: torch.Tensor,
+        state: KVCache | RaggedKVCache | None = None,
+        return_hidden: bool = False,
+    ) -> tuple[torch.Tensor, KVCache | RaggedKVCache]:
         """Logits [B, T, I] for ``idx`` [B, T] following the ``state`` cache (None: empty);
         the cache, extended by these T tokens, comes back as the new state. With
-        ``return_hidden`` the inputs of the output head [B, T, D] instead of the logits."""
+        ``return_hidden`` the inputs of the output head [B, T, D] instead of the logits.
+        A :class:`RaggedKVCache` state continues each row at its own position."""
         b, t = idx.shape
         cache = state if state is not None else KVCache(self.config.n_layer, self.max_context)
+        if isinstance(cache, RaggedKVCache):
+            return self._forward_ragged(idx, cache, return_hidden)
         start = cache.length
         if start + t > self.config.block_size:
             raise LmforgeError(
@@ -342,6 +351,27 @@ class TransformerLM(LanguageModel):
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer, rotary)
         cache.length = start + t
+        x = self.transformer.ln_f(x)
+        return (x if return_hidden else self._logits(x)), cache
+
+    def _forward_ragged(
+        self, idx: torch.Tensor, cache: RaggedKVCache, return_hidden: bool
+    ) -> tuple[torch.Tensor, RaggedKVCache]:
+        """:meth:`forward` with each row at its own position (batched decoding)."""
+        if cache.batch_size != idx.shape[0]:
+            raise LmforgeError(
+                f"the cache holds {cache.batch_size} sequence(s) but {idx.shape[0]} were given"
+            )
+        positions = cache.advance(idx.shape[1])  # [B, T]
+        x = self.transformer.wte(idx)
+        rotary = None
+        if self.config.position == "learned":
+            x = x + self.transformer.wpe(positions)
+        else:  # [B, 1, T, D]: broadcast over the heads
+            rotary = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])
+        x = self.transformer.drop(x)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cache, layer, rotary)
         x = self.transformer.ln_f(x)
         return (x if return_hidden else self._logits(x)), cache
 

@@ -1,0 +1,191 @@
+"""The batched state of one model's active sequences: join, keep, step.
+
+Every sequence first reads its prompt alone (B=1, the model's ordinary forward, as
+:func:`lmforge.generation.generate_ids` does); its state then *joins* a batch as a new row. One
+*step* feeds every row its next token in one model call and gives the next-token logits of
+each row; *keep* drops the rows that left. Rows are independent: a row's logits are what the
+sequence would get alone (up to float rounding).
+
+>>> batch = batch_for(model)
+>>> logits, state = model(prompt_ids[None]); batch.join(state)      # row 0
+>>> logits, state = model(other_ids[None]); batch.join(state)       # row 1
+>>> batch.step(torch.tensor([next_0, next_1]))                      # logits [2, I]
+>>> batch.keep([1])                                                 # row 0 left
+
+Each family batches its own state: the Transformer's key/value caches go into a
+:class:`~lmforge.models.ragged.RaggedKVCache` (every row at its own position); recurrent hidden
+(and cell) states are stacked along the batch dimension; the bigram has no state; the
+context model's rows are grouped by the length of their window tail (rows agree once their
+window is full) with one token count per row.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from lmforge.models.base import LanguageModel
+
+
+class Batch:
+    """Rows of carried model states, stepped together (see the module docstring). This base
+    class steps each row alone: it serves any model, however its state looks."""
+
+    def __init__(self, model: LanguageModel) -> None:
+        self.model = model
+        self.states: list[Any] = []
+
+    @property
+    def size(self) -> int:
+        """The number of rows."""
+        return len(self.states)
+
+    def join(self, state: Any) -> None:
+        """Append a row: the state a B=1 model call left."""
+        self.states.append(state)
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only ``rows``, in that order."""
+        self.states = [self.states[i] for i in rows]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed row i its next token ``tokens[i]``; return the raw next-token logits [B, I]."""
+        out = []
+        for i, state in enumerate(self.states):
+            logits, self.states[i] = self.model(tokens[i].view(1, 1), state)
+            out.append(logits[0, -1])
+        return torch.stack(out)
+
+
+class StatelessBatch(Batch):
+    """The bigram: nothing is carried, the batch is just the last tokens."""
+
+    def __init__(self, model: LanguageModel) -> None:
+        super().__init__(model)
+        self.rows = 0
+
+    @property
+    def size(self) -> int:
+        return self.rows
+
+    def join(self, state: Any) -> None:
+        self.rows += 1
+
+    def keep(self, rows: list[int]) -> None:
+        self.rows = len(rows)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.model(tokens[:, None])
+        return logits[:, -1]
+
+
+class RecurrentBatch(Batch):
+    """RNN / GRU / LSTM: the hidden (and cell) states [layers, B, H], stacked along B."""
+
+    def __init__(self, model: LanguageModel) -> None:
+        super().__init__(model)
+        self.state: tuple[torch.Tensor, ...] | None = None
+        self.rows = 0
+
+    @property
+    def size(self) -> int:
+        return self.rows
+
+    def join(self, state: torch.Tensor | tuple[torch.Tensor, ...]) -> None:
+        parts = state if isinstance(state, tuple) else (state,)
+        if self.state is None or self.rows == 0:
+            self.state = tuple(parts)
+        else:
+            pairs = zip(self.state, parts, strict=True)
+            self.state = tuple(torch.cat([a, b], dim=1) for a, b in pairs)
+        self.rows += 1
+
+    def keep(self, rows: list[int]) -> None:
+        self.rows = len(rows)
+        if self.state is None:
+            return
+        if not rows:
+            self.state = None
+            return
+        index = torch.tensor(rows, device=self.state[0].device)
+        self.state = tuple(part.index_select(1, index) for part in self.state)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        assert self.state is not None
+        carried = self.state if len(self.state) > 1 else self.state[0]
+        logits, state = self.model(tokens[:, None], carried)
+        self.state = tuple(state) if isinstance(state, tuple) else (state,)
+        return logits[:, -1]
+
+
+class TransformerBatch(Batch):
+    """The Transformer: one :class:`~lmforge.models.ragged.RaggedKVCache` for all rows."""
+
+    def __init__(self, model: LanguageModel) -> None:
+        super().__init__(model)
+        from lmforge.models.ragged import RaggedKVCache
+
+        self.cache = RaggedKVCache(model.config.n_layer, model.config.block_size)
+
+    @property
+    def size(self) -> int:
+        return self.cache.batch_size
+
+    def join(self, state: Any) -> None:
+        self.cache.insert(state)
+
+    def keep(self, rows: list[int]) -> None:
+        self.cache.keep(torch.tensor(rows, dtype=torch.long))
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        logits, self.cache = self.model(tokens[:, None], self.cache)
+        return logits[:, -1]
+
+
+class ContextBatch(Batch):
+    """The context model: rows whose window tails have the same length step together, with
+    one token count per row (after ``block_size - 1`` tokens every row's tail is full, so
+    long-running rows form one group)."""
+
+    def join(self, state: Any) -> None:
+        tail_sum, tail, seen = state
+        seen = torch.as_tensor(seen, device=tail_sum.device).reshape(1)
+        self.states.append((tail_sum, tail, seen))
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, (_, tail, _) in enumerate(self.states):
+            groups[tail.shape[1]].append(i)
+        out: torch.Tensor | None = None
+        for rows in groups.values():
+            state = tuple(torch.cat([self.states[i][part] for i in rows]) for part in range(3))
+            index = torch.tensor(rows, device=tokens.device)
+            logits, (tail_sum, tail, seen) = self.model(tokens[index][:, None], state)
+            if out is None:
+                out = logits.new_empty(len(self.states), logits.shape[-1])
+            out[index] = logits[:, -1]
+            for j, i in enumerate(rows):
+                self.states[i] = (tail_sum[j : j + 1], tail[j : j + 1], seen[j : j + 1])
+        assert out is not None
+        return out
+
+
+def batch_for(model: LanguageModel) -> Batch:
+    """An empty batch of the right kind for ``model`` (any other model: rows stepped one by
+    one)."""
+    from lmforge.models.bigram import BigramLM
+    from lmforge.models.context import ContextLM
+    from lmforge.models.recurrent import RecurrentLM
+    from lmforge.models.transformer import TransformerLM
+
+    if isinstance(model, TransformerLM):
+        return TransformerBatch(model)
+    if isinstance(model, RecurrentLM):
+        return RecurrentBatch(model)
+    if isinstance(model, BigramLM):
+        return StatelessBatch(model)
+    if isinstance(model, ContextLM):
+        return ContextBatch(model)
+    return Batch(model)

@@ -1,0 +1,521 @@
+"""Continuous batching: one engine thread per served model decodes every active sequence
+together, one token per step.
+
+Each loop of the engine thread
+
+1. admits waiting requests while fewer than ``max_batch`` sequences are active: each reads its
+   (cropped) prompt alone, B=1, through the model's ordinary forward, exactly as
+   :func:`lmforge.generation.generate_ids` does (which also gives the prompt's logprobs), and
+   its state joins the batch as a new row (:mod:`lmforge.serving.batching`);
+2. runs ONE batched decode step for the rows already in the batch;
+3. samples each row's next token with the request's own :class:`SampleConfig` and
+   ``torch.Generator`` (:func:`generation.process_logits`, :func:`generation.sample_next`), and
+   hands the tokens to the asyncio side with ``loop.call_soon_threadsafe``;
+4. drops finished and cancelled rows at once; a Transformer row whose window is full leaves
+   the batch and re-reads its slid window alone (:func:`generation.slide_window`), then joins
+   again.
+
+It sleeps on a condition variable when there is nothing to do. A seeded request therefore
+draws the same tokens as ``lmforge sample --seed S``, alone or in a busy batch.
+
+>>> engine = Engine(model, max_batch=32); engine.start()
+>>> seq = engine.submit(Request(prompt_ids(tokenizer, "ROMEO:"), SampleConfig(max_new_tokens=20)))
+>>> async for info in seq:            # TokenInfo(token=..., logprob=..., top=())
+...     print(tokenizer.decode([info.token]), end="")
+>>> engine.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+
+from lmforge.errors import LmforgeError
+from lmforge.generation import (
+    SampleConfig,
+    process_logits,
+    prompt_window,
+    sample_next,
+    slide_window,
+)
+from lmforge.models.base import LanguageModel
+from lmforge.serving.batching import Batch, batch_for
+
+T = TypeVar("T")
+_END = object()  # the end of a sequence's token stream
+_ids = itertools.count(1)
+
+
+class QueueFull(LmforgeError):
+    """``max_queue`` requests are already waiting for a slot: try again later."""
+
+
+class EngineStopped(LmforgeError):
+    """The engine is stopping or stopped and takes no more work."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One sequence to generate: prompt tokens (cropped to the model's last ``max_context``,
+    as :func:`generation.generate_ids` does), how to sample (``stop`` and ``num_samples`` are
+    ignored: stops are text-level, one request is one sequence), how many alternatives to
+    report per token, and whether to report the prompt's logprobs too."""
+
+    prompt_ids: list[int]
+    sample: SampleConfig
+    top_logprobs: int = 0
+    prompt_logprobs: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenInfo:
+    """A token, log p(token | context) from the model's raw logits (float32, before
+    temperature / top-k / top-p / penalty: what ``lmforge score`` gives), and the ``top``
+    most likely tokens with their logprobs, most likely first."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+class Sequence:
+    """The handle :meth:`Engine.submit` returns: iterate it (``async for``) for the generated
+    :class:`TokenInfo` as they come; it ends when the sequence finishes and re-raises an error
+    of the model step it was in."""
+
+    def __init__(self, request: Request, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+        self.id = next(_ids)
+        self.request = request
+        self.prompt_logprobs: list[TokenInfo | None] | None = None
+        self.finish_reason: str | None = None
+        self._engine = engine
+        self._loop = loop
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """Stop generating (thread-safe, idempotent): the slot is freed before the engine's
+        next decode step, and the iteration ends."""
+        self._engine._cancel(self)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._cancelled
+
+    def __aiter__(self) -> AsyncIterator[TokenInfo]:
+        return self
+
+    async def __anext__(self) -> TokenInfo:
+        item = await self._queue.get()
+        if item is _END or isinstance(item, BaseException):
+            self._queue.put_nowait(item)  # a later read ends (or fails) the same way
+            if item is _END:
+                raise StopAsyncIteration
+            raise item
+        return item
+
+    def _put(self, items: list[Any]) -> None:
+        """Runs on the sequence's event loop."""
+        for item in items:
+            self._queue.put_nowait(item)
+
+
+class _Slot:
+    """Engine-thread bookkeeping of one active sequence."""
+
+    def __init__(self, seq: Sequence, device: torch.device, vocab_size: int) -> None:
+        config = seq.request.sample
+        self.seq = seq
+        self.config = config
+        self.history = list(seq.request.prompt_ids)
+        self.start = 0  # where the context window begins in history
+        self.generated = 0
+        self.generator = torch.Generator(device=device)
+        if config.seed is not None:
+            self.generator.manual_seed(config.seed)
+        else:
+            self.generator.seed()
+        self.greedy = config.temperature == 0 and config.repetition_penalty == 1.0
+        self.seen: torch.Tensor | None = None
+        if config.repetition_penalty != 1.0:
+            self.seen = torch.zeros(1, vocab_size, dtype=torch.bool, device=device)
+            self.seen[0, torch.tensor(self.history, device=device)] = True
+
+
+class Engine:
+    """The continuous-batching engine of one model (see the module docstring)."""
+
+    def __init__(
+        self, model: LanguageModel, *, max_batch: int = 32, max_queue: int = 256, name: str = ""
+    ) -> None:
+        if max_batch < 1 or max_queue < 0:
+            raise LmforgeError(
+                f"max_batch must be at least 1 and max_queue 0 or more, got {max_batch} and "
+                f"{max_queue}"
+            )
+        self.model = model
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.name = name
+        self.on_step: Callable[[int, int], None] | None = None
+        self._device = _model_device(model)
+        self._vocab_size = int(model.config.vocab_size)
+        self._cond = threading.Condition()
+        self._waiting: deque[Sequence] = deque()
+        self._calls: list[tuple[Callable[[], Any], asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self._rows: list[_Slot] = []  # rows of the batch, in order
+        self._rejoining: list[_Slot] = []  # slid windows to re-read before joining again
+        self._batch: Batch = batch_for(model)
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._abort = False
+        self._steps = 0
+
+    # -- the asyncio side -------------------------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        """Sequences in the batch now."""
+        return len(self._rows) + len(self._rejoining)
+
+    @property
+    def queued(self) -> int:
+        """Sequences waiting for a slot."""
+        return len(self._waiting)
+
+    @property
+    def steps(self) -> int:
+        """Engine steps (a batched decode and/or prompt reads) run so far."""
+        return self._steps
+
+    def start(self) -> None:
+        """Start the engine thread (generation never runs on the event loop)."""
+        if self._thread is not None:
+            return
+        self.model.eval()
+        self._thread = threading.Thread(
+            target=self._run, name=f"lmforge-engine-{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, request: Request) -> Sequence:
+        """Queue ``request``; call from the event loop thread. Raises :class:`QueueFull` when
+        ``max_queue`` requests are already waiting."""
+        request.sample.validate()
+        if not request.prompt_ids:
+            raise LmforgeError("the prompt has no tokens; give at least one")
+        seq = Sequence(request, self, asyncio.get_running_loop())
+        with self._cond:
+            if self._closing:
+                raise EngineStopped(f"the engine {self.name!r} is stopping; retry elsewhere")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(
+                    f"{len(self._waiting)} requests are already waiting for model "
+                    f"{self.name!r}; retry later"
+                )
+            self._waiting.append(seq)
+            self._cond.notify()
+        return seq
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the engine thread between steps and return its result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                raise EngineStopped(f"the engine {self.name!r} is not running")
+            self._calls.append((fn, loop, future))
+            self._cond.notify()
+        return await future
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Take no more work; let running and queued sequences finish for up to ``timeout``
+        seconds, cancel the rest, and join the engine thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            with self._cond:
+                self._abort = True
+                self._cond.notify()
+            thread.join()
+        with self._cond:  # never started, or it left work behind: end every stream
+            leftovers = [*self._waiting, *(s.seq for s in self._rows + self._rejoining)]
+            self._waiting.clear()
+            self._rows, self._rejoining = [], []
+        for seq in leftovers:
+            self._finish(seq, "cancelled")
+            _deliver({seq._loop: [(seq, [_END])]})
+
+    def _cancel(self, seq: Sequence) -> None:
+        with self._cond:
+            if seq.finish_reason is None:
+                seq.finish_reason = "cancelled"
+            seq._cancelled = True
+            self._cond.notify()
+
+    # -- the engine thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while (
+                        not (self._waiting or self._rows or self._rejoining or self._calls)
+                        and not self._closing
+                    ):
+                        self._cond.wait()
+                    calls, self._calls = self._calls, []
+                    if self._abort or (
+                        self._closing and not (self._waiting or self._rows or self._rejoining)
+                    ):
+                        break
+                for fn, loop, future in calls:
+                    _run_call(fn, loop, future)
+                try:
+                    self._step()
+                except Exception as exc:  # a bug of ours must not wedge the server
+                    self._fail_all(exc)
+        with self._cond:
+            calls, self._calls = self._calls, []
+        for _, loop, future in calls:
+            loop.call_soon_threadsafe(_fail_future, future, EngineStopped("the engine stopped"))
+
+    def _admit(self) -> list[_Slot]:
+        """Waiting sequences that get a slot now (cancelled ones are ended)."""
+        admitted, ended = [], []
+        with self._cond:
+            while self._waiting and self.active + len(admitted) < self.max_batch:
+                seq = self._waiting.popleft()
+                if seq._cancelled:
+                    ended.append(seq)
+                else:
+                    admitted.append(seq)
+        for seq in ended:
+            _deliver({seq._loop: [(seq, [_END])]})
+        return [_Slot(seq, self._device, self._vocab_size) for seq in admitted]
+
+    def _step(self) -> None:
+        """One engine step: decode the batch, read new (and slid) prompts, sample, deliver,
+        drop finished rows."""
+        outbox: dict[asyncio.AbstractEventLoop, list[tuple[Sequence, list[Any]]]] = {}
+        self._drop_cancelled(outbox)
+        parts: list[torch.Tensor] = []
+        if self._rows:
+            tokens = torch.tensor([s.history[-1] for s in self._rows], device=self._device)
+            try:
+                parts.append(self._batch.step(tokens).float())
+            except Exception as exc:  # a failing step fails its sequences, not the engine
+                for slot in self._rows:
+                    self._fail(slot, exc, outbox)
+                self._rows, self._batch = [], batch_for(self.model)
+        joining, self._rejoining = self._rejoining + self._admit(), []
+        for slot in joining:
+            try:
+                logits = self._read_window(slot)
+            except Exception as exc:
+                self._fail(slot, exc, outbox)
+                continue
+            if slot.config.max_new_tokens == 0:
+                self._end(slot, "length", outbox)
+                continue
+            self._rows.append(slot)
+            parts.append(logits)
+        if parts:
+            logits = parts[0] if len(parts) == 1 else torch.cat(parts)
+            self._sample_and_deliver(logits, outbox)
+        self._drop_cancelled(outbox)
+        self._steps += 1
+        _deliver(outbox)
+        if self.on_step is not None:
+            with contextlib.suppress(Exception):  # a metrics hook must not stop generation
+                self.on_step(self.active, self.queued)
+
+    def _fail_all(self, exc: Exception) -> None:
+        """Fail every active sequence and start again from an empty batch."""
+        outbox: dict = {}
+        for slot in self._rows + self._rejoining:
+            self._fail(slot, exc, outbox)
+        self._rows, self._rejoining, self._batch = [], [], batch_for(self.model)
+        _deliver(outbox)
+
+    def _read_window(self, slot: _Slot) -> torch.Tensor:
+        """Read a new sequence's (cropped) prompt, or a slid window, alone; join its state to
+        the batch; return its next-token logits [1, I] (float32). A new sequence that asks
+        for them gets its prompt logprobs here."""
+        if slot.generated == 0:
+            slot.start = prompt_window(len(slot.history), self.model.max_context)
+        window = torch.tensor(slot.history[slot.start :], device=self._device)[None]
+        logits, state = self.model(window)
+        logits = logits[0].float()
+        if slot.generated == 0 and slot.seq.request.prompt_logprobs:
+            slot.seq.prompt_logprobs = self._prompt_logprobs(slot, logits)
+        if slot.config.max_new_tokens > 0:
+            self._batch.join(state)
+        return logits[-1:]
+
+    def _prompt_logprobs(self, slot: _Slot, logits: torch.Tensor) -> list[TokenInfo | None]:
+        """log p(prompt[t] | prompt[:t]) for every prompt token; each prediction sees at most
+        the model's last ``max_context`` tokens, as :func:`generation.score` does."""
+        ids = slot.history
+        if slot.start == 0:
+            predicting = logits[:-1]  # row t-1 predicts token t
+        else:  # a cropped prompt: the early tokens need windows of their own
+            context = self.model.max_context
+            rows = []
+            for t in range(1, len(ids)):
+                window = torch.tensor(ids[max(0, t - context) : t], device=self._device)[None]
+                rows.append(self.model(window)[0][0, -1].float())
+            predicting = torch.stack(rows)
+        if predicting.shape[0] == 0:
+            return [None]
+        logprobs = F.log_softmax(predicting, dim=-1)
+        targets = torch.tensor(ids[1:], device=logprobs.device)
+        infos = _token_infos(logprobs, targets, [slot.seq.request.top_logprobs] * len(targets))
+        return [None, *infos]
+
+    def _sample_and_deliver(self, logits: torch.Tensor, outbox: dict) -> None:
+        """Sample row i's next token from ``logits[i]`` [B, I], queue it for delivery, and let
+        finished rows leave; rows whose window is full leave to re-read it."""
+        rows = self._rows
+        tokens = logits.argmax(dim=-1)  # right for greedy rows, replaced for the others
+        failed: set[int] = set()
+        for i, slot in enumerate(rows):
+            if slot.greedy:
+                continue
+            try:
+                processed = process_logits(logits[i : i + 1], slot.config, slot.seen)
+                tokens[i] = sample_next(processed, slot.config, slot.generator)[0]
+            except RuntimeError as exc:  # e.g. NaN logits: this row fails, the others go on
+                self._fail(slot, exc, outbox)
+                failed.add(i)
+        logprobs = F.log_softmax(logits, dim=-1)
+        infos = _token_infos(logprobs, tokens, [s.seq.request.top_logprobs for s in rows])
+        kept: list[int] = []
+        context = self.model.max_context
+        for i, (slot, info) in enumerate(zip(rows, infos, strict=True)):
+            if slot.seq._cancelled or i in failed:
+                continue
+            slot.generated += 1
+            slot.history.append(info.token)
+            if slot.seen is not None:
+                slot.seen[0, info.token] = True
+            outbox.setdefault(slot.seq._loop, []).append((slot.seq, [info]))
+            if slot.generated >= slot.config.max_new_tokens:
+                self._end(slot, "length", outbox)
+                continue
+            new_start = slide_window(slot.start, len(slot.history), context)
+            if new_start != slot.start:
+                slot.start = new_start
+                self._rejoining.append(slot)
+            else:
+                kept.append(i)
+        self._keep(kept)
+
+    def _drop_cancelled(self, outbox: dict) -> None:
+        """Free the slots of cancelled sequences, and end cancelled waiting ones."""
+        if any(s.seq._cancelled for s in self._rows):
+            kept = []
+            for i, slot in enumerate(self._rows):
+                if slot.seq._cancelled:
+                    self._end(slot, "cancelled", outbox)
+                else:
+                    kept.append(i)
+            self._keep(kept)
+        for slot in [s for s in self._rejoining if s.seq._cancelled]:
+            self._rejoining.remove(slot)
+            self._end(slot, "cancelled", outbox)
+        if self._abort:
+            for slot in self._rows + self._rejoining:
+                self._end(slot, "cancelled", outbox)
+            self._keep([])
+            self._rejoining = []
+
+    def _keep(self, kept: list[int]) -> None:
+        if len(kept) != len(self._rows):
+            self._batch.keep(kept)
+            self._rows = [self._rows[i] for i in kept]
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        with self._cond:
+            if seq.finish_reason is None:
+                seq.finish_reason = reason
+
+    def _end(self, slot: _Slot, reason: str, outbox: dict) -> None:
+        self._finish(slot.seq, reason)
+        outbox.setdefault(slot.seq._loop, []).append((slot.seq, [_END]))
+
+    def _fail(self, slot: _Slot, exc: Exception, outbox: dict) -> None:
+        self._finish(slot.seq, "error")
+        error = exc if isinstance(exc, LmforgeError) else LmforgeError(f"model step failed: {exc}")
+        outbox.setdefault(slot.seq._loop, []).append((slot.seq, [error]))
+
+
+def _token_infos(logprobs: torch.Tensor, tokens: torch.Tensor, tops: list[int]) -> list[TokenInfo]:
+    """TokenInfo for row i: ``tokens[i]``'s logprob in ``logprobs[i]`` [N, I] and its
+    ``tops[i]`` most likely alternatives."""
+    chosen = logprobs.gather(-1, tokens[:, None])[:, 0].tolist()
+    token_list = tokens.tolist()
+    k = min(max(tops, default=0), logprobs.shape[-1])
+    if k == 0:
+        return [TokenInfo(t, lp) for t, lp in zip(token_list, chosen, strict=True)]
+    values, indices = torch.topk(logprobs, k, dim=-1)
+    values, indices = values.tolist(), indices.tolist()
+    return [
+        TokenInfo(t, lp, tuple(zip(indices[i][:n], values[i][:n], strict=True)))
+        for i, (t, lp, n) in enumerate(zip(token_list, chosen, tops, strict=True))
+    ]
+
+
+def _deliver(outbox: dict[asyncio.AbstractEventLoop, list[tuple[Sequence, list[Any]]]]) -> None:
+    """Hand each loop its sequences' items in one thread-safe call per loop."""
+    for loop, batch in outbox.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+            loop.call_soon_threadsafe(_put_all, batch)
+
+
+def _put_all(batch: list[tuple[Sequence, list[Any]]]) -> None:
+    for seq, items in batch:
+        seq._put(items)
+
+
+def _run_call(
+    fn: Callable[[], Any], loop: asyncio.AbstractEventLoop, future: asyncio.Future
+) -> None:
+    try:
+        result = fn()
+    except Exception as exc:  # handed to the caller
+        loop.call_soon_threadsafe(_fail_future, future, exc)
+    else:
+        loop.call_soon_threadsafe(_set_future, future, result)
+
+
+def _set_future(future: asyncio.Future, result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail_future(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+def _model_device(model: LanguageModel) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+__all__ = ["Engine", "EngineStopped", "QueueFull", "Request", "Sequence", "TokenInfo"]
