@@ -131,8 +131,8 @@ def save_tokenizer(tokenizer: Any, folder: Path, style: str) -> None:
 
 def hf_model(model_type: str, vocab_size: int, **overrides: Any) -> Any:
     """A small random ``transformers`` causal LM of ``model_type`` (gpt2, llama, qwen2,
-    mistral) in eval mode. Llama has grouped-query attention and an untied head; Qwen2 has
-    its q/k/v biases and a tied head. Weights are drawn with std 0.1 (not 0.02) so the
+    mistral) in eval mode, with grouped-query attention. Llama has an untied head, rotary base
+    500,000 and epsilon 1e-3; Qwen2 has its q/k/v biases and a tied head. Weights are drawn with std 0.1 (not 0.02) so the
     logits of different tokens are far enough apart for greedy decoding to be stable."""
     import transformers
 
@@ -165,6 +165,10 @@ def hf_model(model_type: str, vocab_size: int, **overrides: Any) -> Any:
             "eos_token_id": 2,
         }
         if model_type == "llama":
+            # Llama 3's rotary base, and an epsilon large enough to matter for these weights
+            llama_like.update(
+                rms_norm_eps=1e-3, rope_parameters={"rope_type": "default", "rope_theta": 5e5}
+            )
             config = transformers.LlamaConfig(tie_word_embeddings=False, **llama_like, **shared)
             model_class = transformers.LlamaForCausalLM
         elif model_type == "qwen2":
