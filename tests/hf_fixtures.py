@@ -132,8 +132,9 @@ def save_tokenizer(tokenizer: Any, folder: Path, style: str) -> None:
 def hf_model(model_type: str, vocab_size: int, **overrides: Any) -> Any:
     """A small random ``transformers`` causal LM of ``model_type`` (gpt2, llama, qwen2,
     mistral) in eval mode, with grouped-query attention. Llama has an untied head, rotary base
-    500,000 and epsilon 1e-3; Qwen2 has its q/k/v biases and a tied head. Weights are drawn with std 0.1 (not 0.02) so the
-    logits of different tokens are far enough apart for greedy decoding to be stable."""
+    500,000 and epsilon 1e-3; Qwen2 has its q/k/v biases and a tied head. Weights are drawn
+    with std 0.1 (not 0.02) so the logits of different tokens are far enough apart for greedy
+    decoding to be stable."""
     import transformers
 
     torch.manual_seed(0)

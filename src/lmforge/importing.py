@@ -119,8 +119,9 @@ def import_hf(
         what = "already holds a run" if (out / CONFIG_FILE).is_file() else "is not empty"
         raise ModelImportError(f"{out} {what}; choose another --out or pass --overwrite")
     source = resolve_source(directory)
+    # the config and the tokenizer are checked before the (big) weights are read
+    tokenizer = _load_tokenizer(source, model_options(read_hf_config(source))["vocab_size"])
     model, hf = read_hf_model(source, dtype)
-    tokenizer = _load_tokenizer(source, model.config.vocab_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
     try:
@@ -160,10 +161,16 @@ def _load_tokenizer(directory: Path, vocab_size: int) -> Any:
     from lmforge.tokenizers.hf import load_hf_tokenizer
 
     tokenizer = load_hf_tokenizer(directory)
-    if tokenizer.vocab_size != vocab_size:
+    if tokenizer.vocab_size > vocab_size:
         raise ModelImportError(
             f"the tokenizer in {directory} has {tokenizer.vocab_size} tokens but the model "
-            f"has {vocab_size}; the folder mixes files of two models"
+            f"only {vocab_size}; the folder mixes files of two models"
+        )
+    if tokenizer.vocab_size < vocab_size:  # Qwen2 pads its embedding to a round size
+        raise ModelImportError(
+            f"the model in {directory} has {vocab_size} embedding rows but its tokenizer only "
+            f"{tokenizer.vocab_size} tokens (a padded vocabulary); lmforge runs need the two "
+            "equal, so this model cannot be imported yet"
         )
     return tokenizer
 
