@@ -230,6 +230,31 @@ def test_scoring_never_puts_a_bos_inside(tok):
     assert prompt_ids(tok, "") == context
 
 
+def test_gpt2_style_encodes_with_lmforge_bpe_to_the_same_ids(tok, folder, monkeypatch):
+    assert (tok.fast_path() is not None) == (_style(folder) == "gpt2")
+    text = _training_text()[:50_000] + "".join(HARD_TEXTS)
+    library = tok._backend.encode(text, add_special_tokens=True).ids
+    assert tok.encode(text) == library
+    monkeypatch.setenv("LMFORGE_HF_ENGINE", "tokenizers")
+    assert load_hf_tokenizer(folder).fast_path() is None
+
+
+@FUZZ
+@given(
+    text=st.lists(
+        st.sampled_from(
+            ["a", "b", " ", "  ", "\n", "\t", "é", "漢", "😀", "'s", ".", "12", "<|endoftext|>"]
+        ),
+        max_size=30,
+    ).map("".join)
+)
+def test_lmforge_bpe_matches_the_library_on_any_text(folder, text):
+    tok = load_hf_tokenizer(folder)
+    plain = tok._plain_backend().encode(text, add_special_tokens=False).ids
+    assert tok.encode(text) == tok._backend.encode(text).ids
+    assert tok.encode_chunk(text, "plain").tolist() == plain
+
+
 # --- special-token text in a corpus ---------------------------------------------------------
 
 
