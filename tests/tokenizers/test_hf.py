@@ -342,6 +342,18 @@ def test_load_of_save_is_the_same_tokenizer(tok, tmp_path):
         assert loaded.encode(text) == tok.encode(text)
 
 
+def test_export_gives_back_a_folder_autotokenizer_reads_alike(tok, tmp_path):
+    from transformers import AutoTokenizer
+
+    from lmforge.tokenizers.export import save_hf_tokenizer_dir
+
+    save_hf_tokenizer_dir(tok, tmp_path)
+    assert load_hf_tokenizer(tmp_path) == tok
+    auto = AutoTokenizer.from_pretrained(tmp_path)
+    for text in HARD_TEXTS:
+        assert auto(text)["input_ids"] == tok.encode(text)
+
+
 def test_token_text_for_tables(tok, folder):
     space = "▁" if _style(folder).startswith("llama2") else "Ġ"
     the = tok._backend.token_to_id(f"{space}the")
