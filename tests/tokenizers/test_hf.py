@@ -9,6 +9,7 @@ SentencePiece-style BPE with byte fallback, ``▁`` and a ``<s>`` BOS, as Llama 
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -338,6 +339,7 @@ def test_load_of_save_is_the_same_tokenizer(tok, tmp_path):
     assert data["kind"] == "hf" and data["tokenizer"]["model"]["type"] == "BPE"
     assert isinstance(loaded, HFTokenizer) and loaded == tok and loaded.to_json() == tok.to_json()
     assert (loaded.bos_id, loaded.eos_id, loaded.add_bos) == (tok.bos_id, tok.eos_id, tok.add_bos)
+    assert pickle.loads(pickle.dumps(tok)) == tok  # worker processes get it this way
     for text in HARD_TEXTS:
         assert loaded.encode(text) == tok.encode(text)
 
@@ -406,5 +408,5 @@ def test_a_damaged_description_is_a_clear_error(tok):
 
 def test_run_config_takes_kind_hf_from_a_file():
     TokenizerConfig(kind="hf", file="RUN/tokenizer.json").validate()
-    with pytest.raises(ConfigError, match="kind hf comes from a file"):
+    with pytest.raises(ConfigError, match="kind hf is read from its file"):
         TokenizerConfig(kind="hf").validate()

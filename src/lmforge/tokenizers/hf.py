@@ -129,8 +129,11 @@ class HFTokenizer(Tokenizer):
 
     def _added_ids(self) -> tuple[list[int], list[int]]:
         """The ids the post-processor puts before and after a text's own."""
-        bare = self._backend.encode("a", add_special_tokens=False).ids
-        full = self._backend.encode("a", add_special_tokens=True).ids
+        for probe in ("a", "0", " ", "\n"):
+            bare = self._backend.encode(probe, add_special_tokens=False).ids
+            if bare:
+                break
+        full = self._backend.encode(probe, add_special_tokens=True).ids
         for start in range(len(full) - len(bare) + 1):
             if full[start : start + len(bare)] == bare:
                 return full[:start], full[start + len(bare) :]
