@@ -196,6 +196,12 @@ def test_ids_identical_to_autotokenizer(tok, auto, text):
     assert tok.encode_array(text).tolist() == auto(text)["input_ids"]
 
 
+@FUZZ
+@given(text=st.text(max_size=80))
+def test_ids_identical_to_autotokenizer_on_any_text(tok, auto, text):
+    assert tok.encode(text) == auto(text)["input_ids"]
+
+
 def test_bos_and_eos_as_the_model_says(tok, auto, folder):
     assert (tok.bos_id, tok.eos_id) == (auto.bos_token_id, auto.eos_token_id)
     assert tok.add_bos == (_style(folder) != "gpt2")
