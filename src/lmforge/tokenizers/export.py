@@ -76,8 +76,9 @@ def byte_level_token(data: bytes) -> str:
 
 
 def hf_tokenizer_dict(tokenizer: Tokenizer) -> dict[str, Any]:
-    """The ``tokenizer.json`` content for ``tokenizer`` (a ``bpe``, ``char`` or ``word`` one)."""
-    builders = {"bpe": _bpe_dict, "char": _char_dict, "word": _word_dict}
+    """The ``tokenizer.json`` content for ``tokenizer`` (a ``bpe``, ``char`` or ``word`` one;
+    an ``hf`` one gives back the file it was made from)."""
+    builders = {"bpe": _bpe_dict, "char": _char_dict, "word": _word_dict, "hf": _hf_dict}
     if tokenizer.kind not in builders:
         raise TokenizerError(
             f"cannot export a {tokenizer.kind!r} tokenizer to Hugging Face; "
@@ -142,7 +143,14 @@ def _special_roles(tokenizer: Tokenizer) -> dict[str, str]:
         return {}
     if tokenizer.kind == "word" and tokenizer.unk_id is not None:  # type: ignore[attr-defined]
         return {"unk_token": UNK}
+    if tokenizer.kind == "hf":
+        bos, eos = tokenizer.bos_token, tokenizer.eos_token  # type: ignore[attr-defined]
+        return {role: t for role, t in (("bos_token", bos), ("eos_token", eos)) if t is not None}
     return {}
+
+
+def _hf_dict(tokenizer: Tokenizer) -> dict[str, Any]:
+    return tokenizer.spec  # type: ignore[attr-defined]
 
 
 # --- the three kinds --------------------------------------------------------------------------
