@@ -70,7 +70,9 @@ class TokenizerConfig:
 
     def validate(self) -> None:
         """Raise a one-line error for an impossible setting."""
-        if self.kind not in ("char", "word", "bpe"):
+        if self.kind == "hf" and not self.file:
+            raise ConfigError("a tokenizer of kind hf comes from a file; import the model first")
+        if self.kind not in ("char", "word", "bpe", "hf"):
             raise ConfigError(f"--tokenizer must be char, word or bpe, not {self.kind!r}")
         if self.word_split not in ("words", "whitespace"):
             raise ConfigError(f"--word-split must be words or whitespace, not {self.word_split!r}")
