@@ -100,6 +100,22 @@ def test_the_run_tokenizes_as_autotokenizer(imported, model_type):
         assert tokenizer.decode(ids) == theirs.decode(ids, skip_special_tokens=True)
 
 
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_the_run_tokenizer_exports_as_the_model_folder_had_it(imported, model_type, tmp_path):
+    from lmforge.tokenizers.export import save_hf_tokenizer_dir
+    from lmforge.tokenizers.hf import load_hf_tokenizer
+
+    folder, run_dir = imported(model_type)
+    tokenizer = load_run(run_dir, device="cpu").tokenizer
+    save_hf_tokenizer_dir(tokenizer, tmp_path)
+    assert load_hf_tokenizer(tmp_path) == tokenizer
+    exported = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    original = transformers.AutoTokenizer.from_pretrained(folder)
+    assert (exported.bos_token, exported.eos_token) == (original.bos_token, original.eos_token)
+    for text in HARD_TEXTS:
+        assert exported(text)["input_ids"] == original(text)["input_ids"]
+
+
 def read_tensors(path):
     from safetensors.torch import load_file
 
