@@ -233,8 +233,9 @@ def test_hf_names_are_downloaded_with_huggingface_hub(imported, tmp_path, monkey
         import_hf("hf:missing/model", tmp_path / "other")
 
 
-def test_commands_work_on_an_imported_run(imported, tmp_path, capsys):
-    _, run_dir = imported("gpt2")
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])  # no BOS; BOS before every text
+def test_commands_work_on_an_imported_run(imported, model_type, tmp_path, capsys):
+    _, run_dir = imported(model_type)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TRAINING_TEXT, encoding="utf-8")
     capsys.readouterr()

@@ -146,15 +146,17 @@ def resolve_source(directory: str | os.PathLike[str]) -> Path:
             f"hf:{name} needs the huggingface_hub package (pip install huggingface_hub), "
             "or download the folder yourself and give its path"
         ) from None
-    patterns = ["*.json", "*.safetensors", "tokenizer*", "special_tokens_map.json"]
     try:
-        return Path(snapshot_download(name, allow_patterns=patterns))
+        folder = Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors"]))
+        if not any(folder.glob("*.safetensors")):  # an older repository: PyTorch files only
+            folder = Path(snapshot_download(name, allow_patterns=["pytorch_model*.bin"]))
     except Exception as exc:  # offline, unknown repository, gated model...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelImportError(
             f"cannot download hf:{name} ({first}); check the name and the network, or give "
             "a local folder"
         ) from None
+    return folder
 
 
 def _load_tokenizer(directory: Path, vocab_size: int) -> Any:
