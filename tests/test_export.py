@@ -1,11 +1,18 @@
 """Export to Hugging Face: transformers loads the folder (GPT-2 for learned positions, GPT-NeoX
-for rotary ones) and computes the same logits."""
+for rotary ones, Llama / Qwen2 for RMSNorm + SwiGLU) and computes the same logits."""
 
 import pytest
 import torch
 
 from lmforge.cli import main
-from lmforge.export import ExportError, gpt2_state_dict, neox_state_dict, write_hf_model
+from lmforge.export import (
+    ExportError,
+    gpt2_state_dict,
+    hf_architecture,
+    llama_state_dict,
+    neox_state_dict,
+    write_hf_model,
+)
 from lmforge.generation import SampleConfig, generate_ids
 from lmforge.models import build_model
 from lmforge.runs import load_run
@@ -13,9 +20,8 @@ from lmforge.runs import load_run
 
 def random_transformer(**options):
     torch.manual_seed(0)
-    model = build_model(
-        "transformer", vocab_size=37, n_layer=2, n_head=2, n_embd=16, block_size=24, **options
-    )
+    shape = {"n_layer": 2, "n_head": 2, "n_embd": 16, **options}
+    model = build_model("transformer", vocab_size=37, block_size=24, **shape)
     for p in model.parameters():  # far from the initialisation, so every weight matters
         torch.nn.init.normal_(p, std=0.3)
     return model.eval()
@@ -38,6 +44,90 @@ def test_transformers_computes_the_same_logits(tmp_path, options, position):
         ours, _ = model(idx)
         theirs = hf(idx).logits
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+
+
+LLAMA = {"position": "rotary", "norm": "rmsnorm", "mlp": "swiglu", "bias": False}
+ARCHITECTURES = [
+    ("GPT2LMHeadModel", {"mlp": "gelu_tanh", "mlp_hidden": 24, "norm_eps": 0.5}),
+    ("GPTNeoXForCausalLM", {"position": "rotary", "mlp": "gelu_tanh", "rope_theta": 500.0}),
+    ("LlamaForCausalLM", {**LLAMA, "n_head": 4, "n_kv_head": 2, "rope_theta": 500.0}),
+    ("LlamaForCausalLM", {**LLAMA, "n_head": 4, "n_kv_head": 1, "tie_weights": False}),
+    ("LlamaForCausalLM", {**LLAMA, "bias": True, "mlp_hidden": 20, "norm_eps": 0.5}),
+    ("LlamaForCausalLM", {**LLAMA, "bias": True, "attn_bias": False}),
+    ("Qwen2ForCausalLM", {**LLAMA, "attn_bias": True, "n_head": 4, "n_kv_head": 2}),
+    ("Qwen2ForCausalLM", {**LLAMA, "attn_bias": True, "tie_weights": False}),
+]
+
+
+@pytest.mark.parametrize(
+    ("architecture", "options"), ARCHITECTURES, ids=[str(o) for _, o in ARCHITECTURES]
+)
+def test_each_architecture_exports_to_the_same_function(tmp_path, architecture, options):
+    transformers = pytest.importorskip("transformers")
+    model = random_transformer(**options)
+    write_hf_model(model, tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(hf).__name__ == architecture
+    idx = torch.randint(0, 37, (3, 24), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ours, _ = model(idx)
+        theirs = hf(idx).logits
+        torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+        # past two positions of their KV cache too
+        first = hf(idx[:, :22], use_cache=True)
+        step = hf(idx[:, 22:23], cache=first.cache, use_cache=True)
+        step = hf(idx[:, 23:], cache=step.cache).logits
+    torch.testing.assert_close(step[:, -1], ours[:, -1], atol=1e-4, rtol=0)
+
+
+def test_greedy_generation_of_an_exported_llama_picks_lmforges_tokens(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = random_transformer(**LLAMA, n_head=4, n_kv_head=2)
+    write_hf_model(model, tmp_path)
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    prompt = [3, 1, 4, 1, 5]
+    expected = [int(t) for t in generate_ids(model, prompt, SampleConfig(15, temperature=0))]
+    with torch.no_grad():
+        generated = hf.generate(torch.tensor([prompt]), max_new_tokens=15, do_sample=False)
+    assert generated[0, len(prompt) :].tolist() == expected
+
+
+def test_the_llama_state_dict_cuts_the_fused_matrices():
+    model = random_transformer(**LLAMA, n_head=4, n_kv_head=1, tie_weights=False)
+    tensors = llama_state_dict(model)
+    attn = model.transformer.h[1].attn.c_attn.weight  # [in 16, out 16 + 4 + 4]
+    layer = "model.layers.1."
+    torch.testing.assert_close(tensors[layer + "self_attn.q_proj.weight"], attn[:, :16].t())
+    torch.testing.assert_close(tensors[layer + "self_attn.k_proj.weight"], attn[:, 16:20].t())
+    torch.testing.assert_close(tensors[layer + "self_attn.v_proj.weight"], attn[:, 20:].t())
+    fc = model.transformer.h[1].mlp.c_fc.weight  # [in 16, gate 64 | up 64]
+    assert fc.shape == (16, 128)
+    torch.testing.assert_close(tensors[layer + "mlp.gate_proj.weight"], fc[:, :64].t())
+    torch.testing.assert_close(tensors[layer + "mlp.up_proj.weight"], fc[:, 64:].t())
+    assert tensors[layer + "mlp.down_proj.weight"].shape == (16, 64)
+    assert "lm_head.weight" in tensors and not any(k.endswith("bias") for k in tensors)
+    qwen = llama_state_dict(random_transformer(**LLAMA, attn_bias=True))
+    assert {k for k in qwen if k.endswith("bias")} == {
+        f"model.layers.{i}.self_attn.{p}_proj.bias" for i in range(2) for p in "qkv"
+    }
+    assert "lm_head.weight" not in qwen  # tied to model.embed_tokens.weight
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"norm": "rmsnorm"}, "GPT-2, the Hugging Face architecture with learned positions"),
+        ({"n_head": 4, "n_kv_head": 2}, "export with --norm layernorm --mlp gelu and no"),
+        ({"position": "rotary", "norm": "rmsnorm"}, "--norm rmsnorm --mlp gelu with rotary"),
+        ({"position": "rotary", "mlp": "swiglu"}, "nearest that export are --norm rmsnorm"),
+        ({"position": "rotary", "n_head": 4, "n_kv_head": 2}, "--mlp gelu with --n-kv-head"),
+    ],
+)
+def test_architectures_no_hf_model_computes_are_refused_in_one_line(options, message):
+    model = random_transformer(**options)
+    with pytest.raises(ExportError, match=message) as error:
+        hf_architecture(model.config)
+    assert "\n" not in str(error.value)
 
 
 def test_the_state_dict_has_gpt2_names_and_layouts():

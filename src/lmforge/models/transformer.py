@@ -25,8 +25,8 @@ absolute position (RoPE, Su et al. 2021), so attention scores depend on relative
 The carried ``state`` is the key/value cache (:class:`KVCache`): feeding a sequence in one call,
 or a prompt and then one token at a time with the cache, gives the same logits. The module
 names follow GPT-2 (``transformer.h.0.attn.c_attn`` ...), so a trained model exports to Hugging
-Face's ``GPT2LMHeadModel`` as they are, or with rotary positions to ``GPTNeoXForCausalLM``
-(:mod:`lmforge.export`).
+Face's ``GPT2LMHeadModel`` as they are, with rotary positions to ``GPTNeoXForCausalLM``, and
+with RMSNorm and SwiGLU to ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` (:mod:`lmforge.export`).
 
 >>> model = build_model("transformer", vocab_size=65, n_layer=4, n_head=4, n_embd=128)
 >>> logits, cache = model(torch.tensor([[1, 2, 3]]))          # [1, 3, 65], cache of 3
