@@ -122,7 +122,6 @@ def read_tensors(path):
     return load_file(str(path))
 
 
-@pytest.mark.xfail(strict=True, reason="export of gelu_tanh/RMSNorm/SwiGLU comes with fix-arch")
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_import_export_import_is_exact(imported, model_type, tmp_path):
     folder, run_dir = imported(model_type)
