@@ -130,6 +130,8 @@ def test_import_export_import_is_exact(imported, model_type, tmp_path):
     idx = text_batch(load_run(run_dir, device="cpu"))
     with torch.no_grad():  # transformers reads the export as the original
         torch.testing.assert_close(exported(idx).logits, hf_model(folder)(idx).logits)
+    eos_id = hf_model(folder).config.eos_token_id  # generate stops where the original does
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["eos_token_id"] == eos_id
     assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "again")]) == 0
     first = json.loads((run_dir / "config.json").read_text())
     second = json.loads((tmp_path / "again" / "config.json").read_text())
