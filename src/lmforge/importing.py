@@ -181,11 +181,10 @@ def _source_entry(
     given: str | os.PathLike[str], directory: Path, hf: dict[str, Any], dtype: str
 ) -> dict[str, Any]:
     """Where an imported run came from (``source`` in its config.json)."""
+    name = os.fspath(given)
     return {
         "format": "huggingface",
-        "path": os.fspath(given)
-        if os.fspath(given).startswith("hf:")
-        else str(directory.resolve()),
+        "path": name if name.startswith("hf:") else str(directory.resolve()),
         "model_type": hf["model_type"],
         "architectures": hf.get("architectures"),
         "weights": [path.name for path in weight_files(directory)],
