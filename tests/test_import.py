@@ -281,6 +281,13 @@ def test_an_unknown_model_type_is_one_line(gpt2_folder, tmp_path, capsys):
     assert "model_type 'bert' cannot be imported" in err and "gpt2, llama" in err
 
 
+@pytest.mark.parametrize("changes", [{"n_head": 5}, {"n_layer": "2"}, {"vocab_size": None}])
+def test_a_config_lmforge_cannot_build_is_one_line(gpt2_folder, tmp_path, capsys, changes):
+    edit_config(gpt2_folder, **changes)
+    err = import_error(capsys, gpt2_folder, tmp_path / "run")
+    assert "config.json" in err and ("cannot build" in err or "has no vocab_size" in err)
+
+
 def test_missing_config_weights_or_tokenizer_are_one_line(gpt2_folder, tmp_path, capsys):
     err = import_error(capsys, tmp_path / "nowhere", tmp_path / "run")
     assert "model folder not found" in err

@@ -37,8 +37,7 @@ from lmforge.hf_checkpoint import (
     WeightFiles,
     gpt2_tensors,
     llama_tensors,
-    model_options,
-    read_hf_config,
+    read_model_options,
     refuse,
     used_names,
     weight_files,
@@ -59,8 +58,7 @@ def read_hf_model(directory: Path, dtype: str = "float32") -> tuple[Any, dict[st
 
     if dtype not in DTYPES:
         raise ModelImportError(f"--dtype must be {', '.join(DTYPES)}, not {dtype!r}")
-    hf = read_hf_config(directory)
-    options = model_options(hf)
+    hf, options = read_model_options(directory)
     with torch.device("meta"):  # shapes only: the weights come from the files
         model = build_model("transformer", **options)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
@@ -120,7 +118,7 @@ def import_hf(
         raise ModelImportError(f"{out} {what}; choose another --out or pass --overwrite")
     source = resolve_source(directory)
     # the config and the tokenizer are checked before the (big) weights are read
-    tokenizer = _load_tokenizer(source, model_options(read_hf_config(source))["vocab_size"])
+    tokenizer = _load_tokenizer(source, read_model_options(source)[1]["vocab_size"])
     model, hf = read_hf_model(source, dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
