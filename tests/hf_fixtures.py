@@ -203,11 +203,21 @@ def hf_model_folder(folder: Path, model_type: str, weights: str = "safetensors")
     ``weights`` is ``safetensors`` (one file), ``sharded`` (an index and several files) or
     ``bin`` (``pytorch_model.bin``, as older transformers wrote it)."""
     if model_type in ("gpt2", "qwen2"):
-        tokenizer, style = byte_level_bpe(), "byte_level"
+        tokenizer, style, bos, eos = (
+            byte_level_bpe(),
+            "byte_level",
+            "<|endoftext|>",
+            "<|endoftext|>",
+        )
     else:
-        tokenizer, style = sentencepiece_bpe(), "sentencepiece"
+        tokenizer, style, bos, eos = sentencepiece_bpe(), "sentencepiece", "<s>", "</s>"
     save_tokenizer(tokenizer, folder, style)
-    model = hf_model(model_type, tokenizer.get_vocab_size())
+    model = hf_model(
+        model_type,
+        tokenizer.get_vocab_size(),
+        bos_token_id=tokenizer.token_to_id(bos),
+        eos_token_id=tokenizer.token_to_id(eos),
+    )
     if weights == "bin":
         model.config.save_pretrained(folder)
         state = {k: v.contiguous() for k, v in model.state_dict().items()}

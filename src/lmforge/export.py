@@ -405,12 +405,16 @@ def export_hf(
 
 
 def end_of_text_id(tokenizer: Tokenizer) -> int | None:
-    """The id of ``<|endoftext|>`` when the tokenizer has it as a special token (GPT-2's
-    beginning- and end-of-text token), else None.
+    """The tokenizer's end-of-text id: its EOS for a model's own (``hf``) tokenizer, else
+    ``<|endoftext|>`` when it has it as a special token (GPT-2's beginning- and end-of-text
+    token), else None.
 
     >>> end_of_text_id(train_tokenizer("bpe", text, vocab_size=300, special=["<|endoftext|>"]))
     300
     """
+    eos_id = getattr(tokenizer, "eos_id", None)  # an imported model's tokenizer names its EOS
+    if eos_id is not None:
+        return eos_id
     special = getattr(tokenizer, "special_tokens", {})
     return special.get(END_OF_TEXT)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import ConfigError, LmforgeError
 
 MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")
 SAFETENSORS = "model.safetensors"
@@ -64,6 +64,23 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ModelImportError(f"{path} holds no table of settings; fetch it again")
     return config
+
+
+def read_model_options(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(``DIR/config.json``, the lmforge Transformer options it maps to), checked: a value of
+    the wrong type or a shape lmforge cannot build is a one-line error."""
+    from lmforge.config import check_model_options
+
+    hf = read_hf_config(directory)
+    try:
+        options = model_options(hf)
+        check_model_options({"family": "transformer", **options})
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ModelImportError(
+            f"{directory / 'config.json'} describes a model lmforge cannot build ({exc}); "
+            "fix it or fetch it again"
+        ) from None
+    return hf, options
 
 
 def model_options(hf: dict[str, Any]) -> dict[str, Any]:

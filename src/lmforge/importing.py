@@ -37,8 +37,7 @@ from lmforge.hf_checkpoint import (
     WeightFiles,
     gpt2_tensors,
     llama_tensors,
-    model_options,
-    read_hf_config,
+    read_model_options,
     refuse,
     used_names,
     weight_files,
@@ -59,8 +58,7 @@ def read_hf_model(directory: Path, dtype: str = "float32") -> tuple[Any, dict[st
 
     if dtype not in DTYPES:
         raise ModelImportError(f"--dtype must be {', '.join(DTYPES)}, not {dtype!r}")
-    hf = read_hf_config(directory)
-    options = model_options(hf)
+    hf, options = read_model_options(directory)
     with torch.device("meta"):  # shapes only: the weights come from the files
         model = build_model("transformer", **options)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
@@ -120,7 +118,7 @@ def import_hf(
         raise ModelImportError(f"{out} {what}; choose another --out or pass --overwrite")
     source = resolve_source(directory)
     # the config and the tokenizer are checked before the (big) weights are read
-    tokenizer = _load_tokenizer(source, model_options(read_hf_config(source))["vocab_size"])
+    tokenizer = _load_tokenizer(source, read_model_options(source)[1]["vocab_size"])
     model, hf = read_hf_model(source, dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
@@ -146,15 +144,17 @@ def resolve_source(directory: str | os.PathLike[str]) -> Path:
             f"hf:{name} needs the huggingface_hub package (pip install huggingface_hub), "
             "or download the folder yourself and give its path"
         ) from None
-    patterns = ["*.json", "*.safetensors", "tokenizer*", "special_tokens_map.json"]
     try:
-        return Path(snapshot_download(name, allow_patterns=patterns))
+        folder = Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors"]))
+        if not any(folder.glob("*.safetensors")):  # an older repository: PyTorch files only
+            folder = Path(snapshot_download(name, allow_patterns=["pytorch_model*.bin"]))
     except Exception as exc:  # offline, unknown repository, gated model...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelImportError(
             f"cannot download hf:{name} ({first}); check the name and the network, or give "
             "a local folder"
         ) from None
+    return folder
 
 
 def _load_tokenizer(directory: Path, vocab_size: int) -> Any:
@@ -179,11 +179,10 @@ def _source_entry(
     given: str | os.PathLike[str], directory: Path, hf: dict[str, Any], dtype: str
 ) -> dict[str, Any]:
     """Where an imported run came from (``source`` in its config.json)."""
+    name = os.fspath(given)
     return {
         "format": "huggingface",
-        "path": os.fspath(given)
-        if os.fspath(given).startswith("hf:")
-        else str(directory.resolve()),
+        "path": name if name.startswith("hf:") else str(directory.resolve()),
         "model_type": hf["model_type"],
         "architectures": hf.get("architectures"),
         "weights": [path.name for path in weight_files(directory)],
