@@ -178,6 +178,24 @@ MODEL_FLAGS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "--init-from",
+        {
+            "dest": "train.init_from",
+            "metavar": "RUN|HF_DIR",
+            "help": "fine-tune: start from this run's weights (or a Hugging Face model "
+            "folder's), with its model and tokenizer",
+        },
+    ),
+    (
+        "--freeze",
+        {
+            "dest": "train.freeze",
+            "nargs": "+",
+            "choices": ["embeddings"],
+            "help": "hold these weights fixed (embeddings: token and position tables)",
+        },
+    ),
     ("--batch-size", {"dest": "train.batch_size", "type": int, "help": "windows per step (B)"}),
     ("--block-size", {"dest": "train.block_size", "type": int, "help": "window length (T)"}),
     ("--max-steps", {"dest": "train.max_steps", "type": int, "help": "optimizer steps"}),

@@ -33,6 +33,7 @@ from lmforge.training import distributed, faults
 from lmforge.training.checkpoint import MetricsLog, save_trainer_state
 from lmforge.training.data import fixed_batches
 from lmforge.training.distributed import DistributedInfo
+from lmforge.training.init_from import freeze
 from lmforge.training.optimizer import make_optimizer
 from lmforge.training.progress import Progress, say
 from lmforge.training.run_dir import run_config_json, write_run_config
@@ -77,6 +78,7 @@ class Trainer:
         self.dtype = resolve_dtype(tc.dtype, self.device)
         self.progress = progress
         self.model = model.to(self.device)
+        freeze(self.model, tc.freeze)
         self.forward_model = self._wrap(self.model)
         self.optimizer = make_optimizer(self.model, tc, self.device)
         self.scaler = torch.amp.GradScaler(
@@ -459,6 +461,9 @@ class Trainer:
             f"train {n_train:,} tokens, val {self.stream.num_tokens('val'):,} tokens; "
             f"{per_step:,} tokens/step, one epoch ≈ {n_train / per_step:,.0f} steps"
         )
+        if self.train_config.init_from is not None:
+            frozen = "".join(f", {part} frozen" for part in self.train_config.freeze)
+            self._say(f"fine-tuning from {self.train_config.init_from}{frozen}")
 
     def _say(self, message: str) -> None:
         say(self.progress, message)
