@@ -227,6 +227,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from lmforge.importing import import_hf
+
+    out = import_hf(args.model, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    print(
+        f"imported {args.model} to {out}; sample with: lmforge sample {out} --prompt 'Hello'",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from lmforge.plotting import plot_run
 
@@ -427,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
     p.set_defaults(func=cmd_export)
 
+    _add_import_parser(sub)
+
     p = sub.add_parser("plot", help="draw loss.png and embeddings.png for a run")
     p.add_argument("run", metavar="RUN")
     p.add_argument("--out", metavar="DIR", help="where to write the pictures (default: RUN)")
@@ -455,6 +468,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_import_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "import",
+        help="make a Hugging Face model folder (GPT-2, Llama, Mistral, Qwen2) an lmforge run",
+        description="Read DIR (config.json, model.safetensors or its shards or "
+        "pytorch_model.bin, tokenizer.json) and write the run RUN that sample, score, eval, "
+        "serve, export and train --init-from use. DIR may be hf:NAME to download NAME from "
+        "the Hugging Face hub first (needs huggingface_hub and the network).",
+    )
+    p.add_argument("model", metavar="DIR", help="a Hugging Face model folder, or hf:NAME")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory to create")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="how the run stores the weights (default float32)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.set_defaults(func=cmd_import)
 
 
 def _tokenize_command(name: str) -> Callable[[argparse.Namespace], int]:

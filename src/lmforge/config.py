@@ -70,7 +70,9 @@ class TokenizerConfig:
 
     def validate(self) -> None:
         """Raise a one-line error for an impossible setting."""
-        if self.kind not in ("char", "word", "bpe"):
+        if self.kind == "hf" and not self.file:
+            raise ConfigError("a tokenizer of kind hf comes from a file; import the model first")
+        if self.kind not in ("char", "word", "bpe", "hf"):
             raise ConfigError(f"--tokenizer must be char, word or bpe, not {self.kind!r}")
         if self.word_split not in ("words", "whitespace"):
             raise ConfigError(f"--word-split must be words or whitespace, not {self.word_split!r}")
@@ -314,6 +316,34 @@ TRANSFORMER_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "beta2": 0.95,
             "eval_interval": 1000,
             "eval_iters": 200,
+        },
+    },
+    # Llama's architecture at tiny's compute (≈ 97 % of its multiply-adds per token): RMSNorm,
+    # SwiGLU, rotary, grouped-query attention (6 query heads of 32 share 2 key/value heads)
+    "llama": {
+        "model": {
+            "n_layer": 4,
+            "n_head": 6,
+            "n_kv_head": 2,
+            "n_embd": 192,
+            "mlp": "swiglu",
+            "mlp_hidden": 576,
+            "norm": "rmsnorm",
+            "dropout": 0.0,
+            "bias": False,
+            "position": "rotary",
+        },
+        "train": {
+            "batch_size": 32,
+            "block_size": 128,
+            "max_steps": 2000,
+            "learning_rate": 2e-3,
+            "min_lr": 2e-4,
+            "warmup_steps": 100,
+            "weight_decay": 0.1,
+            "beta2": 0.99,
+            "eval_interval": 250,
+            "eval_iters": 20,
         },
     },
 }

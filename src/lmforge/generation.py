@@ -80,9 +80,10 @@ class SampleConfig:
 
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """The prompt's tokens; an empty prompt starts from a line break (or token 0 if the
-    vocabulary has none), as nanoGPT does."""
-    ids = tokenizer.encode(prompt) if prompt else []
+    """The prompt's tokens; an empty prompt starts from the BOS token of a tokenizer that puts
+    one first, else from a line break (or token 0 if the vocabulary has none), as nanoGPT
+    does."""
+    ids = tokenizer.encode(prompt)
     if not ids:
         try:
             ids = tokenizer.encode("\n")
@@ -383,11 +384,11 @@ def continuation_ids(
     needs_join = prompt and continuation and not (prompt[-1].isspace() or continuation[0].isspace())
     tail = (join if needs_join else "") + continuation
     if not prompt:
-        return context, tokenizer.encode(tail)
+        return context, tokenizer.encode_continuation(tail)
     whole = tokenizer.encode(prompt + tail)
     if whole[: len(context)] == context:
         return context, whole[len(context) :]
-    return context, tokenizer.encode(tail)
+    return context, tokenizer.encode_continuation(tail)
 
 
 @torch.inference_mode()

@@ -140,9 +140,9 @@ MODEL_FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--preset",
         {
             "dest": "model.preset",
-            "choices": ["tiny", "small", "gpt2"],
+            "choices": ["tiny", "small", "gpt2", "llama"],
             "help": "transformer size and training preset (default: tiny on a CPU, small on "
-            "a GPU); size flags override it",
+            "a GPU; llama: tiny's compute in Llama's architecture); size flags override it",
         },
     ),
     ("--n-embd", {"dest": "model.n_embd", "type": int, "help": "embedding size"}),
@@ -158,6 +158,80 @@ MODEL_FLAGS: list[tuple[str, dict[str, Any]]] = [
             "const": True,
             "help": "share the embedding and output matrices",
         },
+    ),
+    (
+        "--no-tie-weights",
+        {
+            "dest": "model.tie_weights",
+            "action": "store_const",
+            "const": False,
+            "help": "a separate output matrix",
+        },
+    ),
+    (
+        "--no-bias",
+        {
+            "dest": "model.bias",
+            "action": "store_const",
+            "const": False,
+            "help": "transformer: no biases in the linear layers and norms",
+        },
+    ),
+    (
+        "--bias",
+        {
+            "dest": "model.bias",
+            "action": "store_const",
+            "const": True,
+            "help": "transformer: biases in the linear layers and norms (GPT-2)",
+        },
+    ),
+    (
+        "--attn-bias",
+        {
+            "dest": "model.attn_bias",
+            "action": "store_const",
+            "const": True,
+            "help": "transformer: biases on the query/key/value projection even with "
+            "--no-bias (Qwen2)",
+        },
+    ),
+    (
+        "--norm",
+        {
+            "dest": "model.norm",
+            "choices": ["layernorm", "rmsnorm"],
+            "help": "transformer normalisation: layernorm (GPT-2) or rmsnorm (Llama)",
+        },
+    ),
+    ("--norm-eps", {"dest": "model.norm_eps", "type": float, "help": "norm epsilon (1e-5)"}),
+    (
+        "--mlp",
+        {
+            "dest": "model.mlp",
+            "choices": ["gelu", "gelu_tanh", "swiglu"],
+            "help": "transformer MLP: exact GELU (nanoGPT), GPT-2's tanh GELU, or SwiGLU (Llama)",
+        },
+    ),
+    (
+        "--mlp-hidden",
+        {
+            "dest": "model.mlp_hidden",
+            "type": int,
+            "help": "MLP hidden units (default 4 x n_embd; SwiGLU 8/3 x n_embd rounded up to 64)",
+        },
+    ),
+    (
+        "--n-kv-head",
+        {
+            "dest": "model.n_kv_head",
+            "type": int,
+            "help": "key/value heads for grouped-query attention (default n_head)",
+        },
+    ),
+    (
+        "--rope-theta",
+        {"dest": "model.rope_theta", "type": float, "help": "rotary base (default 10000)"},
     ),
     (
         "--position",

@@ -1,9 +1,18 @@
-"""GPT: a decoder-only Transformer, as nanoGPT and GPT-2 build it.
+"""GPT: a decoder-only Transformer, as nanoGPT and GPT-2 build it (and, with its options, as
+Llama, Qwen2 and SmolLM do).
 
     x_0 = wte[idx] + wpe[position]                     (learned positions; or rotary, below)
-    x   = x + attn(ln_1(x))    for each of n_layer blocks (pre-LayerNorm, causal self-attention)
+    x   = x + attn(ln_1(x))    for each of n_layer blocks (pre-norm, causal self-attention)
     x   = x + mlp(ln_2(x))     mlp: Linear(D, 4D) → GELU → Linear(4D, D)
     logits = ln_f(x) @ wteᵀ    (the output matrix is the embedding matrix: weight tying)
+
+The architecture options (:class:`TransformerConfig`): ``norm`` LayerNorm (GPT-2) or RMSNorm
+(Llama); ``mlp`` exact GELU (nanoGPT), GPT-2's tanh GELU, or SwiGLU (Llama:
+c_proj(silu(gate) · up), gate and up fused in one ``mlp.c_fc`` [D, 2H], gate first);
+``n_kv_head`` < ``n_head`` for grouped-query attention (each key/value head serves
+n_head / n_kv_head query heads; ``attn.c_attn`` is [D, D + 2·n_kv_head·head_size], the cache
+holds n_kv_head heads); ``rope_theta``, the rotary base; ``bias`` and ``attn_bias`` (q/k/v
+biases alone, as Qwen2). The defaults are GPT-2's, so older runs load unchanged.
 
 Attention goes through ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory
 efficient kernels where the device has them). Initialisation is GPT-2's: N(0, 0.02) for every
@@ -37,14 +46,20 @@ from lmforge.errors import ConfigError, LmforgeError
 from lmforge.models.base import LanguageModel, ModelConfig, register_model
 
 POSITIONS = ("learned", "rotary")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "gelu_tanh", "swiglu")
 ROPE_BASE = 10000.0
 
 
 @dataclasses.dataclass
 class TransformerConfig(ModelConfig):
     """The shape of a GPT. ``block_size`` is the longest context; ``bias`` adds biases to the
-    linear layers and LayerNorms (GPT-2 has them); ``position`` is ``learned`` (GPT-2) or
-    ``rotary``."""
+    linear layers and LayerNorms (GPT-2 has them), ``attn_bias`` to the query/key/value
+    projection alone (None: as ``bias``; Qwen2 has them with no other bias); ``position`` is
+    ``learned`` (GPT-2) or ``rotary`` (base ``rope_theta``); ``norm`` is ``layernorm`` or
+    ``rmsnorm`` (epsilon ``norm_eps``); ``mlp`` is ``gelu``, ``gelu_tanh`` or ``swiglu`` with
+    ``mlp_hidden`` units (None: 4·n_embd, or for SwiGLU the same parameter count, 8·n_embd/3
+    rounded up to a multiple of 64); ``n_kv_head`` key/value heads (None: ``n_head``)."""
 
     n_layer: int = 4
     n_head: int = 4
@@ -54,6 +69,13 @@ class TransformerConfig(ModelConfig):
     bias: bool = True
     tie_weights: bool = True
     position: str = "learned"
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"
+    mlp_hidden: int | None = None
+    n_kv_head: int | None = None
+    rope_theta: float = ROPE_BASE
+    attn_bias: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size"):
@@ -73,17 +95,60 @@ class TransformerConfig(ModelConfig):
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.position not in POSITIONS:
             raise ConfigError(f"--position must be learned or rotary, not {self.position!r}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"--norm must be layernorm or rmsnorm, not {self.norm!r}")
+        if self.mlp not in MLPS:
+            raise ConfigError(f"--mlp must be gelu, gelu_tanh or swiglu, not {self.mlp!r}")
+        for name in ("mlp_hidden", "n_kv_head"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.n_head % self.kv_heads:
+            raise ConfigError(
+                f"--n-head {self.n_head} is not a multiple of --n-kv-head {self.kv_heads}; "
+                "choose key/value heads that divide the query heads (e.g. 1 or n_head)"
+            )
+        for name in ("norm_eps", "rope_theta"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
+                )
 
     @property
     def head_size(self) -> int:
         """n_embd / n_head."""
         return self.n_embd // self.n_head
 
+    @property
+    def kv_heads(self) -> int:
+        """The number of key/value heads: ``n_kv_head``, or ``n_head`` when unset."""
+        return self.n_kv_head if self.n_kv_head is not None else self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        """The MLP's hidden units H: ``mlp_hidden``, else 4·n_embd (GELU) or 8·n_embd/3
+        rounded up to a multiple of 64 (SwiGLU: its 3 matrices then hold about as many
+        weights as GELU's 2).
+
+        >>> TransformerConfig(vocab_size=1, n_embd=192, mlp="swiglu").mlp_width
+        512
+        """
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":
+            return -(-8 * self.n_embd // (3 * 64)) * 64
+        return 4 * self.n_embd
+
+    @property
+    def qkv_bias(self) -> bool:
+        """Whether the query/key/value projection has biases (``attn_bias``, else ``bias``)."""
+        return self.bias if self.attn_bias is None else self.attn_bias
+
 
 class KVCache:
     """The keys and values of every layer for the tokens seen so far: the Transformer's state.
 
-    ``keys[i]`` and ``values[i]`` are [B, n_head, capacity, head_size] buffers of layer ``i``
+    ``keys[i]`` and ``values[i]`` are [B, n_kv_head, capacity, head_size] buffers of layer ``i``
     whose first ``length`` positions are filled. A model call reads positions ``0..length``
     and writes the new ones in place (buffers grow by doubling, up to the block size), then
     advances ``length``: the cache passed in is updated and returned, so keep using the
@@ -148,14 +213,18 @@ class Conv1D(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with one fused query/key/value projection."""
+    """Multi-head causal self-attention with one fused query/key/value projection; with
+    ``n_kv_head`` < ``n_head``, grouped-query attention (the keys and values are narrower)."""
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.n_head = config.n_head
+        self.n_kv_head = config.kv_heads
         self.n_embd = config.n_embd
         self.dropout = config.dropout
-        self.c_attn = Conv1D(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        kv_width = config.kv_heads * config.head_size
+        self.qkv_split = [config.n_embd, kv_width, kv_width]
+        self.c_attn = Conv1D(config.n_embd, config.n_embd + 2 * kv_width, bias=config.qkv_bias)
         self.c_proj = Conv1D(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -167,24 +236,29 @@ class CausalSelfAttention(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> torch.Tensor:
         b, t, c = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)  # [B, H, T, D]
-        k = k.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
-        v = v.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
+        head = c // self.n_head
+        q, k, v = self.c_attn(x).split(self.qkv_split, dim=2)
+        q = q.view(b, t, self.n_head, head).transpose(1, 2)  # [B, H, T, D]
+        k = k.view(b, t, self.n_kv_head, head).transpose(1, 2)  # [B, H_kv, T, D]
+        v = v.view(b, t, self.n_kv_head, head).transpose(1, 2)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         past = cache.length
         k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
+        grouped = {"enable_gqa": True} if self.n_kv_head != self.n_head else {}
         if past == 0:
-            y = attention(q, k, v, dropout_p=dropout, is_causal=t > 1)
+            y = attention(q, k, v, dropout_p=dropout, is_causal=t > 1, **grouped)
+        elif t == 1 and grouped:  # the query heads of a group as rows: no copies of k and v
+            rows = q.reshape(b, self.n_kv_head, self.n_head // self.n_kv_head, head)
+            y = attention(rows, k, v, dropout_p=dropout).view(b, self.n_head, 1, head)
         elif t == 1:  # one new token sees every cached one
             y = attention(q, k, v, dropout_p=dropout)
         else:  # several new tokens after a cache: causal with an offset
             keys = torch.arange(past + t, device=x.device)
             queries = torch.arange(past, past + t, device=x.device)
             mask = keys[None, :] <= queries[:, None]
-            y = attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            y = attention(q, k, v, attn_mask=mask, dropout_p=dropout, **grouped)
         y = y.transpose(1, 2).contiguous().view(b, t, c)
         return self.resid_dropout(self.c_proj(y))
 
@@ -201,28 +275,66 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **options: obje
 
 
 class MLP(nn.Module):
-    """Linear(D, 4D) → GELU (exact, as nanoGPT; GPT-2's tanh form differs by < 1e-3) →
-    Linear(4D, D) → dropout."""
+    """Linear(D, H) → GELU → Linear(H, D) → dropout, H = 4D by default. The GELU is exact (as
+    nanoGPT) or GPT-2's tanh form (``gelu_tanh``; they differ by < 1e-3). With ``swiglu`` (as
+    Llama), ``c_fc`` makes the gate and the up projection side by side [D, 2H] and the
+    hidden units are silu(gate) · up."""
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
-        self.c_fc = Conv1D(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
-        self.c_proj = Conv1D(4 * config.n_embd, config.n_embd, bias=config.bias)
+        hidden = config.mlp_width
+        self.gated = config.mlp == "swiglu"
+        self.c_fc = Conv1D(config.n_embd, 2 * hidden if self.gated else hidden, config.bias)
+        self.gelu = nn.GELU(approximate="tanh" if config.mlp == "gelu_tanh" else "none")
+        self.c_proj = Conv1D(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = self.gelu(h)
+        return self.dropout(self.c_proj(h))
+
+
+class RMSNorm(nn.Module):
+    """x / √(mean(x²) + eps) · weight, computed in float32 (as Llama) and returned in x's
+    dtype.
+
+    >>> RMSNorm(2, eps=0.0)(torch.tensor([3.0, 4.0]))     # √(mean) = √12.5
+    tensor([0.8485, 1.1314], grad_fn=<...>)
+    """
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        y = F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps)
+        return y.to(x.dtype)
+
+
+def make_norm(config: TransformerConfig) -> nn.Module:
+    """The normalisation ``config.norm`` names: LayerNorm (with biases if ``config.bias``) or
+    RMSNorm (never biases), of width n_embd."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
 class Block(nn.Module):
-    """A pre-LayerNorm Transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """A pre-norm Transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
     def forward(
@@ -236,15 +348,17 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-def rotary_tables(head_size: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of position · θ_i for positions 0..length-1, θ_i = 10000^(-2i/head_size),
+def rotary_tables(
+    head_size: int, length: int, base: float = ROPE_BASE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position · θ_i for positions 0..length-1, θ_i = base^(-2i/head_size),
     each [length, head_size] (the half-size table repeated twice, to match
     :func:`apply_rotary`).
 
     >>> cos, sin = rotary_tables(4, 3); cos[0].tolist(), sin[1, 0].item()
     ([1.0, 1.0, 1.0, 1.0], 0.8414...)
     """
-    inv_freq = ROPE_BASE ** (-torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)
+    inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)
     angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos().float(), angles.sin().float()
@@ -276,14 +390,14 @@ class TransformerLM(LanguageModel):
             "wte": nn.Embedding(config.vocab_size, config.n_embd),
             "drop": nn.Dropout(config.dropout),
             "h": nn.ModuleList(Block(config) for _ in range(config.n_layer)),
-            "ln_f": nn.LayerNorm(config.n_embd, bias=config.bias),
+            "ln_f": make_norm(config),
         }
         if config.position == "learned":
             parts["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         self.transformer = nn.ModuleDict(parts)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.position == "rotary":
-            cos, sin = rotary_tables(config.head_size, config.block_size)
+            cos, sin = rotary_tables(config.head_size, config.block_size, config.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)

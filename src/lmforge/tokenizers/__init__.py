@@ -1,4 +1,5 @@
-"""Tokenizers: character-level, word-level and byte-pair encoding, behind one interface.
+"""Tokenizers: character-level, word-level, byte-pair encoding and Hugging Face
+``tokenizer.json`` files (kind ``hf``), behind one interface.
 
 >>> from lmforge.tokenizers import load_tokenizer
 >>> tok = load_tokenizer("runs/x/tokenizer.json")
@@ -16,13 +17,16 @@ from lmforge.tokenizers.base import (
 )
 from lmforge.tokenizers.bpe import BPETokenizer
 from lmforge.tokenizers.char import CharTokenizer
+from lmforge.tokenizers.hf import HFTokenizer, load_hf_tokenizer
 from lmforge.tokenizers.word import WordTokenizer
 
 __all__ = [
     "BPETokenizer",
     "CharTokenizer",
+    "HFTokenizer",
     "Tokenizer",
     "WordTokenizer",
+    "load_hf_tokenizer",
     "load_tokenizer",
     "token_dtype",
     "tokenizer_from_dict",

@@ -50,6 +50,11 @@ class Tokenizer(ABC):
     def encode(self, text: str) -> list[int]:
         """Text → token indices."""
 
+    def encode_continuation(self, text: str) -> list[int]:
+        """Text that continues a sequence → token indices: as ``encode``, but without the
+        tokens some tokenizers put around every text (the BOS of Llama's, kind ``hf``)."""
+        return self.encode(text)
+
     @abstractmethod
     def decode(self, ids: Iterable[int]) -> str:
         """Token indices → text."""
@@ -200,7 +205,7 @@ def tokenizer_kinds() -> list[str]:
 def _import_builtin_kinds() -> None:
     import importlib
 
-    for module in ("char", "word", "bpe"):
+    for module in ("char", "word", "bpe", "hf"):
         try:
             importlib.import_module(f"lmforge.tokenizers.{module}")
         except ModuleNotFoundError as exc:
