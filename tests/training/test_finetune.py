@@ -1,6 +1,7 @@
 """``lmforge train --init-from``: a run that starts from another's weights and tokenizer."""
 
 import json
+import math
 import shutil
 import sys
 import types
@@ -159,3 +160,27 @@ def test_a_hugging_face_folder_is_imported_once_then_fine_tuned(
     (folder / "model.safetensors").write_bytes(b"changed")  # a new key: would import again
     assert fine_tune(folder, corpora[1], tmp_path / "third", "--max-steps", "0") == 2
     assert "convert it with `lmforge import` first" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_a_random_hugging_face_model_fine_tunes_and_reports_bits_per_byte(model_type, tmp_path):
+    from lmforge.importing import import_hf
+    from tests.hf_fixtures import TRAINING_TEXT, hf_model_folder
+
+    folder = hf_model_folder(tmp_path / model_type, model_type)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TRAINING_TEXT, encoding="utf-8")
+    imported = import_hf(folder, tmp_path / "imported")
+    tuned = tmp_path / "tuned"
+    flags = ["--max-steps", "12", "--learning-rate", "3e-3", "--warmup-steps", "0"]
+    assert fine_tune(folder, corpus, tuned, *flags, "--lr-schedule", "constant") == 0
+    metrics = read_metrics(tuned / "metrics.jsonl")
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.1
+    assert load_run(tuned).tokenizer == load_run(imported).tokenizer  # the model's own
+    before = evaluate_run(load_run(imported, checkpoint="final"), corpus=str(corpus))
+    after = evaluate_run(load_run(tuned, checkpoint="final"), progress=False)
+    assert after.loss < before.loss
+    text = corpus.read_text(encoding="utf-8")
+    val_bytes = len(text[len(text) - after.chars :].encode("utf-8"))
+    expected = after.loss * after.tokens / math.log(2) / val_bytes
+    assert after.bits_per_byte == pytest.approx(expected, rel=1e-9)
