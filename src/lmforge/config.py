@@ -111,6 +111,7 @@ class TrainConfig:
     dtype: str = "auto"
     compile: bool = False
     init_from: str | None = None  # a run or Hugging Face folder whose weights the run starts from
+    strategy: str = "ddp"  # under torchrun: ddp (replicas) or fsdp (sharded)
     freeze: list[str] = dataclasses.field(default_factory=list)  # parts held fixed: embeddings
 
     def validate(self) -> None:
@@ -144,6 +145,8 @@ class TrainConfig:
             raise ConfigError(f"--optimizer must be adamw or sgd, not {self.optimizer!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ConfigError(f"--lr-schedule must be cosine or constant, not {self.lr_schedule!r}")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"--strategy must be ddp or fsdp, not {self.strategy!r}")
         for part in self.freeze:
             if part != "embeddings":
                 raise ConfigError(f"--freeze {part}: only embeddings can be frozen")

@@ -338,6 +338,15 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
+        "--strategy",
+        {
+            "dest": "train.strategy",
+            "choices": ["ddp", "fsdp"],
+            "help": "under torchrun: replicate the model on every process (ddp, the default) "
+            "or shard its weights, gradients and optimizer state across them (fsdp)",
+        },
+    ),
+    (
         "--compile",
         {
             "dest": "train.compile",
