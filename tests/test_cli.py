@@ -91,7 +91,16 @@ def test_train_sample_eval_score_on_tinyshakespeare(tmp_path, capsys):
 
     assert main(["eval", str(run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result) == {"loss", "perplexity", "bits_per_char", "tokens"}
+    assert set(result) == {
+        "loss",
+        "perplexity",
+        "bits_per_char",
+        "bits_per_byte",
+        "tokens",
+        "windows",
+    }
+    assert result["bits_per_byte"] is None  # a character tokenizer: not byte-level
+    assert result["windows"] == "non-overlapping windows of 32 tokens"
     assert result["tokens"] > 100_000  # the whole validation tenth, every prediction
     assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
     assert result["bits_per_char"] == pytest.approx(result["loss"] / math.log(2))

@@ -175,15 +175,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         batch_size=args.batch_size,
         progress=not args.json,
+        stride=args.stride,
+        max_tokens=args.max_tokens,
+        block_size=args.block_size,
     )
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
         print(f"split:           {args.split}")
+        print(f"windows:         {result.windows}")
         print(f"tokens:          {result.tokens:,}")
         print(f"loss:            {result.loss:.4f} nats/token")
         print(f"perplexity:      {result.perplexity:.3f}")
         print(f"bits per char:   {result.bits_per_char:.4f}")
+        if result.bits_per_byte is not None:
+            print(f"bits per byte:   {result.bits_per_byte:.4f}")
     return 0
 
 
@@ -395,6 +401,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", help="score another corpus (name or path) instead")
     p.add_argument("--data-dir", help="where named corpora are looked for first")
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="window length (default: the run's training window; at most the model's context)",
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        metavar="S",
+        help="slide the windows by S tokens, scoring each prediction once with up to a block "
+        "of context (default: non-overlapping windows); recurrent models carry their state "
+        "through the whole text instead",
+    )
+    p.add_argument(
+        "--max-tokens", type=int, default=None, metavar="N", help="score the first N tokens only"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_run_options(p)
     p.set_defaults(func=cmd_eval)

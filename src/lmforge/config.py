@@ -113,6 +113,9 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
+    init_from: str | None = None  # a run or Hugging Face folder whose weights the run starts from
+    strategy: str = "ddp"  # under torchrun: ddp (replicas) or fsdp (sharded)
+    freeze: list[str] = dataclasses.field(default_factory=list)  # parts held fixed: embeddings
 
     def validate(self) -> None:
         """Raise a one-line error for an impossible setting."""
@@ -145,6 +148,11 @@ class TrainConfig:
             raise ConfigError(f"--optimizer must be adamw or sgd, not {self.optimizer!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ConfigError(f"--lr-schedule must be cosine or constant, not {self.lr_schedule!r}")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"--strategy must be ddp or fsdp, not {self.strategy!r}")
+        for part in self.freeze:
+            if part != "embeddings":
+                raise ConfigError(f"--freeze {part}: only embeddings can be frozen")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(
                 f"--dtype must be auto, float32, bfloat16 or float16, not {self.dtype!r}"
@@ -363,6 +371,10 @@ def resolve_config(overrides: dict[str, Any], config_file: str | Path | None = N
     train_given = layered.get("train", {})
     if "time_budget" in train_given and "max_steps" not in train_given:
         layered = _merge(layered, {"train": {"max_steps": None}})  # the budget alone ends it
+    if train_given.get("init_from") is not None:
+        from lmforge.training.init_from import init_from_settings
+
+        layered = init_from_settings(layered)  # the source's model and tokenizer
     family = layered.get("model", {}).get("family", "lstm")
     preset = layered.get("model", {}).get("preset")
     for name, value in (("family", family), ("preset", preset)):
@@ -376,6 +388,11 @@ def resolve_config(overrides: dict[str, Any], config_file: str | Path | None = N
         raise ConfigError(f"--preset applies to --model transformer only; drop it for {family}")
     merged = _merge(base, layered)
     merged["model"].pop("preset", None)
+    model_block = merged["model"].get("block_size")
+    if "init_from" in train_given and "block_size" not in train_given and model_block:
+        # a fine-tune's default window fits its source's context
+        window = merged["train"].get("block_size", TrainConfig.block_size)
+        merged["train"]["block_size"] = min(window, model_block)
     if family in ("transformer", "context"):
         _fit_block_size(merged)
     config = RunConfig.from_dict(merged)

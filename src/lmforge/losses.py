@@ -174,22 +174,33 @@ def unwrap(model: torch.nn.Module) -> Any:
 
 
 def batch_loss(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean"
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    reduction: str = "mean",
+    last: int | None = None,
 ) -> torch.Tensor:
     """Cross-entropy (nats, float32) of the model's next-token predictions for ``y`` given
-    ``x`` (each [B, T]); ``reduction`` is ``mean`` or ``sum``.
+    ``x`` (each [B, T]); ``reduction`` is ``mean`` or ``sum``. With ``last``, only the last
+    ``last`` predictions of each row count (the others are context: sliding-window evaluation).
 
     Models with a linear output head and a vocabulary of at least ``FUSED_MIN_VOCAB`` tokens
     go through :func:`linear_cross_entropy` (``model(x, return_hidden=True)``)."""
     core = unwrap(model)
     head = core.output_head() if hasattr(core, "output_head") else None
+    if last is not None:
+        y = y[:, y.shape[1] - last :]
     if head is not None and head.out_features >= FUSED_MIN_VOCAB:
         hidden, _ = model(x, return_hidden=True)
+        if last is not None:
+            hidden = hidden[:, hidden.shape[1] - last :]
         loss = linear_cross_entropy(
             hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias, y.reshape(-1)
         )
         return loss * y.numel() if reduction == "sum" else loss
     logits, _ = model(x)
+    if last is not None:
+        logits = logits[:, logits.shape[1] - last :]
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction=reduction
     )

@@ -252,6 +252,24 @@ MODEL_FLAGS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "--init-from",
+        {
+            "dest": "train.init_from",
+            "metavar": "RUN|HF_DIR",
+            "help": "fine-tune: start from this run's weights (or a Hugging Face model "
+            "folder's), with its model and tokenizer",
+        },
+    ),
+    (
+        "--freeze",
+        {
+            "dest": "train.freeze",
+            "nargs": "+",
+            "choices": ["embeddings"],
+            "help": "hold these weights fixed (embeddings: token and position tables)",
+        },
+    ),
     ("--batch-size", {"dest": "train.batch_size", "type": int, "help": "windows per step (B)"}),
     ("--block-size", {"dest": "train.block_size", "type": int, "help": "window length (T)"}),
     ("--max-steps", {"dest": "train.max_steps", "type": int, "help": "optimizer steps"}),
@@ -317,6 +335,15 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
             "choices": ["auto", "float32", "bfloat16", "float16"],
             "help": "autocast precision (auto, the default: bfloat16 where the device computes "
             "it natively, else float32)",
+        },
+    ),
+    (
+        "--strategy",
+        {
+            "dest": "train.strategy",
+            "choices": ["ddp", "fsdp"],
+            "help": "under torchrun: replicate the model on every process (ddp, the default) "
+            "or shard its weights, gradients and optimizer state across them (fsdp)",
         },
     ),
     (

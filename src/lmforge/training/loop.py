@@ -1,8 +1,8 @@
 """The training loop: maximum likelihood on random windows, with evaluation and checkpoints.
 
-One process, or many under ``torchrun`` (DistributedDataParallel: every rank draws the same
-global batch from the shared seed and trains on its own slice; rank 0 logs and writes
-checkpoints).
+One process, or many under ``torchrun`` (DistributedDataParallel, or FSDP with
+``--strategy fsdp``: every rank draws the same global batch from the shared seed and trains on
+its own slice; rank 0 logs and writes checkpoints).
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from lmforge.losses import batch_loss
 from lmforge.models.base import LanguageModel
 from lmforge.runs import BEST_WEIGHTS, FINAL_WEIGHTS, METRICS_FILE, TRAINER_STATE, save_weights
 from lmforge.tokenizers.base import Tokenizer
-from lmforge.training import distributed, faults
+from lmforge.training import distributed, faults, sharding
 from lmforge.training.checkpoint import MetricsLog, save_trainer_state
 from lmforge.training.data import fixed_batches
 from lmforge.training.distributed import DistributedInfo
+from lmforge.training.init_from import freeze
 from lmforge.training.optimizer import make_optimizer
 from lmforge.training.progress import Progress, say
 from lmforge.training.run_dir import run_config_json, write_run_config
@@ -77,6 +78,13 @@ class Trainer:
         self.dtype = resolve_dtype(tc.dtype, self.device)
         self.progress = progress
         self.model = model.to(self.device)
+        freeze(self.model, tc.freeze)
+        self.sharded = self.info.enabled and tc.strategy == "fsdp"
+        if self.sharded and self.dtype == torch.float16:
+            raise TrainingError(
+                "--strategy fsdp trains in bfloat16 or float32, not float16 (its gradient "
+                "scaler is DDP's); use --dtype bfloat16"
+            )
         self.forward_model = self._wrap(self.model)
         self.optimizer = make_optimizer(self.model, tc, self.device)
         self.scaler = torch.amp.GradScaler(
@@ -115,9 +123,12 @@ class Trainer:
         return tc.batch_size * tc.block_size * tc.grad_accum
 
     def _wrap(self, model: LanguageModel) -> torch.nn.Module:
-        """The module the training step calls: DDP across ranks, then torch.compile."""
+        """The module the training step calls: DDP (or the model sharded in place, under
+        FSDP) across ranks, then torch.compile."""
         wrapped: torch.nn.Module = model
-        if self.info.enabled:
+        if self.sharded:
+            sharding.shard(model)
+        elif self.info.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -153,8 +164,8 @@ class Trainer:
             "elapsed_s": self.elapsed_s,
             "best_val_loss": self.best_val_loss,
             "last_val_loss": self.last_val_loss if self.last_val_loss is not None else math.nan,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
+            "model": self._model_state(),
+            "optimizer": self._optimizer_state(),
             "scaler": self.scaler.state_dict(),
             "sampler": json.dumps(self.sampler.state_dict()),
             "torch_rng": rng,
@@ -167,10 +178,28 @@ class Trainer:
             )
         return state
 
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        """The whole weights on the CPU (under FSDP: gathered, on rank 0 only; collective)."""
+        if self.sharded:
+            return sharding.full_state(self.model)
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's state (under FSDP: gathered by parameter name, on rank 0 only;
+        collective; empty before the first step, since gathering would take a step)."""
+        if not self.sharded:
+            return self.optimizer.state_dict()
+        if not self.optimizer.state:
+            return {}
+        return sharding.full_optimizer_state(self.model, self.optimizer)
+
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict`."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            sharding.load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(json.loads(state["sampler"]))
@@ -310,7 +339,11 @@ class Trainer:
         return total / tc.grad_accum
 
     def _no_sync(self, last: bool) -> Any:
-        """Skip DDP's gradient all-reduce on all but the last micro-batch of a step."""
+        """Skip DDP's gradient all-reduce (FSDP's reduce-scatter) on all but the last
+        micro-batch of a step."""
+        if self.sharded:
+            self.model.set_requires_gradient_sync(last)  # type: ignore[operator]
+            return contextlib.nullcontext()
         module = self.forward_model
         module = getattr(module, "_orig_mod", module)  # under torch.compile
         if self.info.enabled and not last and hasattr(module, "no_sync"):
@@ -356,6 +389,9 @@ class Trainer:
         """The mean loss over ``batches``, shared out among the ranks."""
         mine = batches[self.info.rank :: self.info.world_size]
         mean, count = mean_loss(self.model, mine, self.device, self.dtype)
+        if self.sharded:  # each forward gathers weights: every rank must run as many
+            missing = -(-len(batches) // self.info.world_size) - len(mine)
+            mean_loss(self.model, batches[:missing], self.device, self.dtype)
         totals = torch.tensor([mean * count, float(count)], dtype=torch.float64)
         distributed.all_reduce_sum(self.info, totals)
         return float(totals[0] / totals[1])
@@ -393,12 +429,14 @@ class Trainer:
         what --resume reads, so a crash or a full disk part-way keeps the previous one)."""
         self._check_weights(None)
         state = self.state_dict()  # collective: every rank contributes its RNG state
+        weights = sharding.full_weights(self.model) if self.sharded else self.model  # collective
 
         def write() -> None:
             final = self.run_dir / FINAL_WEIGHTS
             try:
                 with faults.watching_writes(self._fault, self.step):
-                    save_weights(self.model, final, step=self.step, val_loss=self.last_val_loss)
+                    assert weights is not None  # rank 0 holds the gathered weights
+                    save_weights(weights, final, step=self.step, val_loss=self.last_val_loss)
                     self._reach(FINAL_WEIGHTS)
                     if best:
                         atomic_copy(final, self.run_dir / BEST_WEIGHTS)
@@ -422,11 +460,18 @@ class Trainer:
 
     def _check_weights(self, val_loss: float | None) -> None:
         """The NaN guard before a checkpoint: the weights after the last update (and the
-        validation loss) must be finite. Every rank holds the same weights, so all agree."""
+        validation loss) must be finite. Every rank holds the same weights (under FSDP each
+        checks its shard and all hear of the first broken one), so all agree."""
         broken = next(
-            (name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()),
+            (
+                name
+                for name, p in self.model.named_parameters()
+                if not torch.isfinite(sharding.local(p)).all()
+            ),
             None,
         )
+        if self.sharded:
+            broken = next(filter(None, distributed.gather_objects(self.info, broken)), None)
         if broken is not None:
             problem = f"the weights ({broken}) became infinite or NaN by step {self.step}"
         elif val_loss is not None and not math.isfinite(val_loss):
@@ -453,12 +498,16 @@ class Trainer:
         n_train = self.stream.num_tokens("train")
         per_step = self.tokens_per_step
         ranks = f" × {self.info.world_size} processes" if self.info.enabled else ""
+        ranks += " (fsdp)" if self.sharded else ""
         self._say(
             f"{self.model.family}: {self.model.num_parameters():,} parameters on "
             f"{self.device}{ranks}; vocabulary {self.tokenizer.vocab_size}; "
             f"train {n_train:,} tokens, val {self.stream.num_tokens('val'):,} tokens; "
             f"{per_step:,} tokens/step, one epoch ≈ {n_train / per_step:,.0f} steps"
         )
+        if self.train_config.init_from is not None:
+            frozen = "".join(f", {part} frozen" for part in self.train_config.freeze)
+            self._say(f"fine-tuning from {self.train_config.init_from}{frozen}")
 
     def _say(self, message: str) -> None:
         say(self.progress, message)

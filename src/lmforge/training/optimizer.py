@@ -6,6 +6,7 @@ import torch
 
 from lmforge.config import TrainConfig
 from lmforge.models.base import LanguageModel
+from lmforge.training.sharding import is_sharded
 
 
 def make_optimizer(
@@ -20,7 +21,8 @@ def make_optimizer(
         {"params": no_decay, "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
-    fused = device.type in ("cpu", "cuda")  # one kernel per step instead of a dozen passes
+    # one kernel per step instead of a dozen passes (FSDP's sharded tensors: only AdamW's)
+    fused = device.type in ("cpu", "cuda") and not (config.optimizer == "sgd" and is_sharded(model))
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             groups, lr=config.learning_rate, momentum=config.momentum, fused=fused

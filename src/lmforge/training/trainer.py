@@ -29,6 +29,7 @@ from lmforge.training import distributed
 from lmforge.training.checkpoint import load_trainer_state
 from lmforge.training.data import fixed_batches, prepare_data
 from lmforge.training.distributed import DistributedInfo
+from lmforge.training.init_from import load_initial_weights
 from lmforge.training.loop import Trainer, TrainResult
 from lmforge.training.optimizer import make_optimizer
 from lmforge.training.run_dir import (
@@ -100,6 +101,8 @@ def _train(
         )
     torch.manual_seed(config.train.seed)
     model = build_model(vocab_size=tokenizer.vocab_size, **config.model)
+    if config.train.init_from is not None and not resume:  # a resumed run has its own weights
+        load_initial_weights(model, config.train.init_from)
     if info.rank > 0:
         torch.manual_seed(config.train.seed + 1000 * info.rank)  # own dropout noise per rank
     trainer = Trainer(config, model, tokenizer, stream, info, progress=progress and info.is_main)
