@@ -26,6 +26,10 @@ TEXT = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN"  # VOCAB distinct characters
 MODELS = {
     "transformer": dict(n_layer=2, n_head=2, n_embd=32, block_size=24),
     "rotary": dict(n_layer=2, n_head=2, n_embd=32, block_size=24, position="rotary"),
+    "llama": dict(
+        n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=24, position="rotary",
+        norm="rmsnorm", mlp="swiglu", bias=False, tie_weights=False, rope_theta=500000.0,
+    ),
     "lstm": dict(n_embd=16, n_hidden=32),
     "gru": dict(n_embd=16, n_hidden=32),
     "rnn": dict(n_embd=16, n_hidden=32),
@@ -49,7 +53,7 @@ def _one_thread() -> Iterator[None]:
 def make_model(kind: str, seed: int = 0) -> LanguageModel:
     """A small float32 model with random weights big enough for peaked distributions."""
     torch.manual_seed(seed)
-    family = {"rotary": "transformer"}.get(kind, kind.split("-")[0])
+    family = {"rotary": "transformer", "llama": "transformer"}.get(kind, kind.split("-")[0])
     model = build_model(family, vocab_size=VOCAB, **MODELS[kind])
     with torch.no_grad():
         for p in model.parameters():
@@ -137,7 +141,7 @@ def generate_ids_logprobs(
     return tokens, logprobs
 
 
-@pytest.mark.parametrize("kind", ["transformer", "rotary", "lstm"])
+@pytest.mark.parametrize("kind", ["transformer", "rotary", "llama", "lstm"])
 def test_batched_equals_alone_and_generate_ids(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ragged, "MIN_CAPACITY", 8)  # the caches grow: 8, 16, 24
     model = make_model(kind)
