@@ -451,9 +451,12 @@ class Engine:
             self._rejoining = []
 
     def _keep(self, kept: list[int]) -> None:
+        """Keep the rows ``kept``; the last survivors move into the holes, so the batch copies
+        a few rows rather than shifting all of them."""
         if len(kept) != len(self._rows):
-            self._batch.keep(kept)
-            self._rows = [self._rows[i] for i in kept]
+            order = hole_filling_order(kept)
+            self._batch.keep(order)
+            self._rows = [self._rows[i] for i in order]
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         with self._cond:
@@ -471,6 +474,19 @@ class Engine:
         self._finish(seq, "error")
         error = exc if isinstance(exc, LmforgeError) else LmforgeError(f"model step failed: {exc}")
         outbox.setdefault(seq._loop, []).append((seq, [error]))
+
+
+def hole_filling_order(kept: list[int]) -> list[int]:
+    """An order of the surviving rows ``kept`` (ascending) in which each survivor keeps its
+    place when it is inside the new size, and the others fill the holes.
+
+    >>> hole_filling_order([0, 2, 3, 4])     # row 1 left: row 4 moves into it
+    [0, 4, 2, 3]
+    """
+    size = len(kept)
+    survivors = set(kept)
+    movers = iter(r for r in kept if r >= size)
+    return [j if j in survivors else next(movers) for j in range(size)]
 
 
 def _token_infos(logprobs: torch.Tensor, tokens: torch.Tensor, tops: list[int]) -> list[TokenInfo]:
