@@ -298,10 +298,10 @@ def test_sampled_frequencies_follow_the_tempered_distribution(temperature):
 
 
 def test_the_stop_filter_holds_back_a_partial_stop_string():
-    stop_filter = generation._StopFilter(["\n\n"])
+    stop_filter = generation.StopFilter(["\n\n"])
     assert [stop_filter.feed(p) for p in ["ab", "\n", "c\n", "\nd"]] == ["ab", "", "\nc", ""]
     assert stop_filter.stopped and stop_filter.finish() == ""
-    unstopped = generation._StopFilter(["\n\n"])
+    unstopped = generation.StopFilter(["\n\n"])
     assert [unstopped.feed(p) for p in ["ab", "\n"]] + [unstopped.finish()] == ["ab", "", "\n"]
 
 

@@ -241,6 +241,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lmforge.serving.server import read_api_key, serve
+
+    return serve(
+        args.runs,
+        host=args.host,
+        port=args.port,
+        api_key=read_api_key(args.api_key, args.api_key_file),
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        max_tokens_limit=args.max_tokens_limit,
+        device=args.device,
+        checkpoint=args.checkpoint,
+    )
+
+
 DEMO_SECONDS = 150
 
 
@@ -421,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     _add_tokenize_parser(sub)
+    _add_serve_parser(sub)
 
     p = sub.add_parser("demo", help="train a small LSTM on Tiny Shakespeare and sample from it")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
@@ -530,6 +547,32 @@ def _add_tokenize_parser(sub: Any) -> None:
     )
     p.add_argument("--top", type=int, default=10, help="rows in the token tables")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_serve_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve runs over HTTP (OpenAI-compatible API, playground page)",
+        description="Serve each RUN under its directory name as the model id: OpenAI-style "
+        "/v1/completions and /v1/models, /v1/score, /tokenize, /detokenize, /health, "
+        "/metrics, and a playground page at /. Ctrl-C or SIGTERM finishes the requests in "
+        "flight and exits.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (8000; 0: any free port)")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY'")
+    key.add_argument("--api-key-file", metavar="FILE", help="read the key from FILE")
+    p.add_argument("--max-batch", type=int, default=32, help="sequences decoded together (32)")
+    p.add_argument(
+        "--max-queue", type=int, default=256, help="sequences waiting beyond that (256; then 429)"
+    )
+    p.add_argument(
+        "--max-tokens-limit", type=int, default=4096, help="the largest max_tokens (4096)"
+    )
+    _add_run_options(p)
+    p.set_defaults(func=cmd_serve)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:

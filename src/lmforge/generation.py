@@ -223,9 +223,13 @@ def _vocab_size(model: LanguageModel) -> int:
     return int(model.config.vocab_size)
 
 
-class _StopFilter:
+class StopFilter:
     """Cuts a growing text right before the first stop string, holding back a tail that may
-    still become one."""
+    still become one (shared by :func:`stream_samples` and the server).
+
+    >>> f = StopFilter(["\\n\\n"]); f.feed("to be\\n"), f.feed("\\nor not"), f.stopped
+    ('to be', '', True)
+    """
 
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = list(stops)
@@ -282,8 +286,8 @@ def stream_samples(
     from tqdm import tqdm
 
     ids = prompt_ids(tokenizer, prompt)
-    decoders = [_primed_decoder(tokenizer, ids) for _ in range(config.num_samples)]
-    filters = [_StopFilter(config.stop) for _ in range(config.num_samples)]
+    decoders = [primed_decoder(tokenizer, ids) for _ in range(config.num_samples)]
+    filters = [StopFilter(config.stop) for _ in range(config.num_samples)]
     with tqdm(
         total=config.max_new_tokens,
         desc="generating",
@@ -309,7 +313,7 @@ def stream_samples(
                 yield i, piece
 
 
-def _primed_decoder(tokenizer: Tokenizer, ids: Sequence[int]) -> StreamDecoder:
+def primed_decoder(tokenizer: Tokenizer, ids: Sequence[int]) -> StreamDecoder:
     """A stream decoder that has already read (and not returned) the prompt's tokens, so that
     the first generated token decodes in context."""
     decoder = tokenizer.stream_decoder()
