@@ -396,15 +396,20 @@ class Engine:
         rows = self._rows
         tokens = logits.argmax(dim=-1)  # right for greedy rows, replaced for the others
         failed: set[int] = set()
-        for i, slot in enumerate(rows):
-            if slot.greedy:
-                continue
-            try:
-                processed = process_logits(logits[i : i + 1], slot.config, slot.seen)
-                tokens[i] = sample_next(processed, slot.config, slot.generator)[0]
-            except RuntimeError as exc:  # e.g. NaN logits: this row fails, the others go on
-                self._fail(slot, exc, outbox)
-                failed.add(i)
+        for group in _sampling_groups(rows):
+            # rows that filter alike are processed together; each draws with its own generator
+            processed = _grouped_process_logits(logits, group, rows)
+            for j, i in enumerate(group):
+                slot = rows[i]
+                try:
+                    if processed is None:
+                        row = process_logits(logits[i : i + 1], slot.config, slot.seen)
+                    else:
+                        row = processed[j : j + 1]
+                    tokens[i] = sample_next(row, slot.config, slot.generator)[0]
+                except RuntimeError as exc:  # e.g. NaN logits: this row fails, others go on
+                    self._fail(slot, exc, outbox)
+                    failed.add(i)
         logprobs = F.log_softmax(logits, dim=-1)
         infos = _token_infos(logprobs, tokens, [s.seq.request.top_logprobs for s in rows])
         kept: list[int] = []
@@ -474,6 +479,31 @@ class Engine:
         self._finish(seq, "error")
         error = exc if isinstance(exc, LmforgeError) else LmforgeError(f"model step failed: {exc}")
         outbox.setdefault(seq._loop, []).append((seq, [error]))
+
+
+def _sampling_groups(rows: list[_Slot]) -> list[list[int]]:
+    """The sampled (not greedy) rows, grouped by the filters they apply; a row with a
+    repetition penalty (its own ``seen`` tokens) is a group of its own."""
+    groups: dict[object, list[int]] = {}
+    for i, slot in enumerate(rows):
+        if slot.greedy:
+            continue
+        config = slot.config
+        key = (config.temperature, config.top_k, config.top_p) if slot.seen is None else i
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _grouped_process_logits(
+    logits: torch.Tensor, group: list[int], rows: list[_Slot]
+) -> torch.Tensor | None:
+    """process_logits over the group's rows at once (None: a single row, done alone)."""
+    if len(group) == 1:
+        return None
+    index = torch.tensor(group, device=logits.device)
+    with contextlib.suppress(RuntimeError):
+        return process_logits(logits.index_select(0, index), rows[group[0]].config)
+    return None
 
 
 def hole_filling_order(kept: list[int]) -> list[int]:
