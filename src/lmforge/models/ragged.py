@@ -39,6 +39,7 @@ class RaggedKVCache:
         self.lengths = torch.zeros(0, dtype=torch.long)
         self.block_size = block_size
         self.mask: torch.Tensor | None = None  # [B, 1, T, capacity]: keys each query sees
+        self._bias: torch.Tensor | None = None  # the mask as 0 / -inf, added to the scores
         self._positions: torch.Tensor | None = None
 
     @property
@@ -108,6 +109,7 @@ class RaggedKVCache:
         positions = self.lengths.to(device)[:, None] + torch.arange(t, device=device)[None, :]
         keys = torch.arange(self.capacity, device=device)
         self.mask = (keys[None, None, :] <= positions[:, :, None])[:, None]
+        self._bias = None
         self._positions = positions
         self.lengths = self.lengths + t
         return positions
@@ -125,6 +127,17 @@ class RaggedKVCache:
         keys[rows, :, positions] = k.transpose(1, 2).to(keys.dtype)
         values[rows, :, positions] = v.transpose(1, 2).to(values.dtype)
         return keys[:b], values[:b]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q·kᵀ/√D + mask)·v for queries [B, H, T, D] over the buffers :meth:`update`
+        returned: each row attends to its own positions only. Written out, it is about twice
+        as fast on a CPU as ``scaled_dot_product_attention`` with a mask, for one query."""
+        if self._bias is None or self._bias.dtype != q.dtype:
+            assert self.mask is not None
+            zeros = torch.zeros(self.mask.shape, dtype=q.dtype, device=q.device)
+            self._bias = zeros.masked_fill(~self.mask, float("-inf"))
+        scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5) + self._bias
+        return scores.softmax(dim=-1) @ v
 
 
 def _room(
