@@ -12,7 +12,9 @@ prompts of mixed lengths cut from the corpus) and reports:
 * errors (non-200 responses, broken streams, fewer tokens than asked),
 
 and ``generation.generate_ids`` in this process (what ``lmforge sample`` runs) on the same
-weights, 128 tokens from a mid-length prompt, as the single-client peer. Goals: 0 errors;
+weights, 128 tokens from one of the prompts, as the single-client peer: with torch's default
+threads (as ``lmforge sample`` runs) and with one (on a busy machine the default can be many
+times slower: the intra-op threads wait for cores). Goals: 0 errors;
 64 clients ≥ 10× the 1-client rate; 1 client ≥ 0.9× ``sample``'s rate.
 
     python benchmarks/serve_load.py                        # trains both runs in a temp dir
@@ -35,8 +37,9 @@ import time
 from pathlib import Path
 
 import httpx
+import torch
 
-from lmforge.data.corpora import read_text, resolve_corpus
+from lmforge.data.corpora import resolve_corpus
 from lmforge.generation import SampleConfig, generate_ids, prompt_ids
 from lmforge.runs import load_run
 
@@ -164,18 +167,23 @@ async def load_level(port: int, model: str, prompts: list[str], tokens: int) -> 
     }
 
 
-def sample_rate(run: Path, prompt: str, tokens: int, repeats: int) -> float:
-    """``lmforge sample``'s loop (generate_ids, temperature 0.8), tokens/s, best of
-    ``repeats``."""
+def sample_rate(run: Path, prompt: str, tokens: int, repeats: int, threads: int) -> float:
+    """``lmforge sample``'s loop (generate_ids, temperature 0.8) in this process's main thread
+    with ``threads`` torch threads, tokens/s, best of ``repeats``."""
     loaded = load_run(run, device="cpu")
     ids = prompt_ids(loaded.tokenizer, prompt)
     config = SampleConfig(max_new_tokens=tokens, temperature=0.8, seed=0)
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     best = 0.0
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in generate_ids(loaded.model, ids, config):
-            pass
-        best = max(best, tokens / (time.perf_counter() - started))
+    try:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in generate_ids(loaded.model, ids, config):
+                pass
+            best = max(best, tokens / (time.perf_counter() - started))
+    finally:
+        torch.set_num_threads(default_threads)
     return best
 
 
@@ -190,7 +198,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         runs = args.runs or train_runs(Path(tmp), args.train_steps)
-        text = read_text(resolve_corpus("tinyshakespeare"))
+        text = resolve_corpus("tinyshakespeare").read()
         port = free_port()
         server = start_server(runs, port, max_batch=max(args.clients))
         try:
@@ -212,14 +220,14 @@ def main() -> None:
                         f"| {level['errors']} {level['first_error']} |",
                         flush=True,
                     )
-                peer = sample_rate(
-                    run, mixed_prompts(text, 1, seed=0)[0], args.tokens, args.repeats
-                )
-                print(
-                    f"| {name} | `sample` loop | {peer:.0f} | server 1 client / sample: "
-                    f"{single / peer:.2f}× | | | |",
-                    flush=True,
-                )
+                prompt = mixed_prompts(text, 1, seed=0)[0]
+                for threads in sorted({torch.get_num_threads(), 1}, reverse=True):
+                    peer = sample_rate(run, prompt, args.tokens, args.repeats, threads)
+                    print(
+                        f"| {name} | `sample` loop, {threads} thread(s) | {peer:.0f} "
+                        f"| 1 client / sample: {single / peer:.2f}× | | | |",
+                        flush=True,
+                    )
         finally:
             server.terminate()
             server.wait(30)
