@@ -277,11 +277,11 @@ class Engine:
                         and not self._closing
                     ):
                         self._cond.wait()
-                    calls, self._calls = self._calls, []
                     if self._abort or (
                         self._closing and not (self._waiting or self._rows or self._rejoining)
                     ):
-                        break
+                        break  # calls still queued fail below
+                    calls, self._calls = self._calls, []
                 for fn, loop, future in calls:
                     _run_call(fn, loop, future)
                 try:
