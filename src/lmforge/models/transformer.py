@@ -249,7 +249,13 @@ class CausalSelfAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         grouped = {"enable_gqa": True} if self.n_kv_head != self.n_head else {}
         if isinstance(cache, RaggedKVCache):  # rows of different lengths: each its own keys
-            y = attention(q, k, v, attn_mask=cache.mask, dropout_p=dropout, **grouped)
+            if grouped and t == 1:  # the query heads of a group as rows, as below
+                rows = q.reshape(b, self.n_kv_head, self.n_head // self.n_kv_head, head)
+                y = cache.attend(rows, k, v).view(b, self.n_head, 1, head)
+            elif grouped:
+                y = attention(q, k, v, attn_mask=cache.mask, dropout_p=dropout, **grouped)
+            else:
+                y = cache.attend(q, k, v)
         elif past == 0:
             y = attention(q, k, v, dropout_p=dropout, is_causal=t > 1, **grouped)
         elif t == 1 and grouped:  # the query heads of a group as rows: no copies of k and v

@@ -277,11 +277,11 @@ class Engine:
                         and not self._closing
                     ):
                         self._cond.wait()
-                    calls, self._calls = self._calls, []
                     if self._abort or (
                         self._closing and not (self._waiting or self._rows or self._rejoining)
                     ):
-                        break
+                        break  # calls still queued fail below
+                    calls, self._calls = self._calls, []
                 for fn, loop, future in calls:
                     _run_call(fn, loop, future)
                 try:
@@ -396,15 +396,20 @@ class Engine:
         rows = self._rows
         tokens = logits.argmax(dim=-1)  # right for greedy rows, replaced for the others
         failed: set[int] = set()
-        for i, slot in enumerate(rows):
-            if slot.greedy:
-                continue
-            try:
-                processed = process_logits(logits[i : i + 1], slot.config, slot.seen)
-                tokens[i] = sample_next(processed, slot.config, slot.generator)[0]
-            except RuntimeError as exc:  # e.g. NaN logits: this row fails, the others go on
-                self._fail(slot, exc, outbox)
-                failed.add(i)
+        for group in _sampling_groups(rows):
+            # rows that filter alike are processed together; each draws with its own generator
+            processed = _grouped_process_logits(logits, group, rows)
+            for j, i in enumerate(group):
+                slot = rows[i]
+                try:
+                    if processed is None:
+                        row = process_logits(logits[i : i + 1], slot.config, slot.seen)
+                    else:
+                        row = processed[j : j + 1]
+                    tokens[i] = sample_next(row, slot.config, slot.generator)[0]
+                except RuntimeError as exc:  # e.g. NaN logits: this row fails, others go on
+                    self._fail(slot, exc, outbox)
+                    failed.add(i)
         logprobs = F.log_softmax(logits, dim=-1)
         infos = _token_infos(logprobs, tokens, [s.seq.request.top_logprobs for s in rows])
         kept: list[int] = []
@@ -451,9 +456,12 @@ class Engine:
             self._rejoining = []
 
     def _keep(self, kept: list[int]) -> None:
+        """Keep the rows ``kept``; the last survivors move into the holes, so the batch copies
+        a few rows rather than shifting all of them."""
         if len(kept) != len(self._rows):
-            self._batch.keep(kept)
-            self._rows = [self._rows[i] for i in kept]
+            order = hole_filling_order(kept)
+            self._batch.keep(order)
+            self._rows = [self._rows[i] for i in order]
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         with self._cond:
@@ -471,6 +479,44 @@ class Engine:
         self._finish(seq, "error")
         error = exc if isinstance(exc, LmforgeError) else LmforgeError(f"model step failed: {exc}")
         outbox.setdefault(seq._loop, []).append((seq, [error]))
+
+
+def _sampling_groups(rows: list[_Slot]) -> list[list[int]]:
+    """The sampled (not greedy) rows, grouped by the filters they apply; a row with a
+    repetition penalty (its own ``seen`` tokens) is a group of its own."""
+    groups: dict[object, list[int]] = {}
+    for i, slot in enumerate(rows):
+        if slot.greedy:
+            continue
+        config = slot.config
+        key = (config.temperature, config.top_k, config.top_p) if slot.seen is None else i
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _grouped_process_logits(
+    logits: torch.Tensor, group: list[int], rows: list[_Slot]
+) -> torch.Tensor | None:
+    """process_logits over the group's rows at once (None: a single row, done alone)."""
+    if len(group) == 1:
+        return None
+    index = torch.tensor(group, device=logits.device)
+    with contextlib.suppress(RuntimeError):
+        return process_logits(logits.index_select(0, index), rows[group[0]].config)
+    return None
+
+
+def hole_filling_order(kept: list[int]) -> list[int]:
+    """An order of the surviving rows ``kept`` (ascending) in which each survivor keeps its
+    place when it is inside the new size, and the others fill the holes.
+
+    >>> hole_filling_order([0, 2, 3, 4])     # row 1 left: row 4 moves into it
+    [0, 4, 2, 3]
+    """
+    size = len(kept)
+    survivors = set(kept)
+    movers = iter(r for r in kept if r >= size)
+    return [j if j in survivors else next(movers) for j in range(size)]
 
 
 def _token_infos(logprobs: torch.Tensor, tokens: torch.Tensor, tops: list[int]) -> list[TokenInfo]:
