@@ -349,8 +349,14 @@ def test_serve_command_logs_each_request_and_drains_on_sigterm(runs, tmp_path):
             process.wait()
 
 
-def test_serve_command_errors_are_one_line(runs, tmp_path, capsys):
+def test_serve_command_errors_are_one_line(runs, tmp_path, capsys, monkeypatch):
     from lmforge.cli import main
+    from lmforge.serving import server
+
+    def must_not_serve(self, sockets=None):
+        raise AssertionError("the server started despite the bad arguments")
+
+    monkeypatch.setattr(server._Server, "run", must_not_serve)
 
     cases = [
         ([str(tmp_path / "missing")], "run directory not found"),
