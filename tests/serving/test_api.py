@@ -349,11 +349,23 @@ def test_serve_command_logs_each_request_and_drains_on_sigterm(runs, tmp_path):
             process.wait()
 
 
-def test_serve_command_errors_are_one_line(runs, tmp_path):
-    missing = lmforge("serve", str(tmp_path / "missing"), "--port", "0")
-    twins = lmforge("serve", str(runs[0]), str(runs[0]), "--port", "0")
-    for process, expected in ((missing, "run directory not found"), (twins, "both be served")):
-        _, err = process.communicate(timeout=60)
-        assert process.returncode == 2
+def test_serve_command_errors_are_one_line(runs, tmp_path, capsys, monkeypatch):
+    from lmforge.cli import main
+    from lmforge.serving import server
+
+    def must_not_serve(self, sockets=None):
+        raise AssertionError("the server started despite the bad arguments")
+
+    monkeypatch.setattr(server._Server, "run", must_not_serve)
+
+    cases = [
+        ([str(tmp_path / "missing")], "run directory not found"),
+        ([str(runs[0]), str(runs[0])], "both be served"),
+        ([str(runs[0]), "--max-batch", "0"], "--max-batch must be at least 1"),
+        ([str(runs[0]), "--api-key", " "], "the API key is empty"),
+    ]
+    for args, expected in cases:
+        assert main(["serve", *args, "--port", "0"]) == 2
+        err = capsys.readouterr().err
         assert err.startswith("lmforge: error: ") and expected in err
         assert len(err.strip().splitlines()) == 1

@@ -112,9 +112,13 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
             m.engine.start()
         try:
             yield
-        finally:
-            for m in served.values():
-                m.engine.stop(timeout=settings.drain_seconds)
+        finally:  # the engines finish their sequences together, off the event loop
+            await asyncio.gather(
+                *(
+                    asyncio.to_thread(m.engine.stop, timeout=settings.drain_seconds)
+                    for m in served.values()
+                )
+            )
 
     app = FastAPI(title="lmforge", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.metrics = metrics
