@@ -205,6 +205,45 @@ def test_the_playground_shows_the_server_s_errors(server_url, browser):
     assert not driver.find_elements(By.CSS_SELECTOR, "#dist-results tr")
 
 
+def test_the_page_asks_for_the_key_of_a_server_that_has_one(run_dir, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = browser
+    find = driver.find_element
+    with running_server([run_dir], api_key="sk-playground") as server:
+        driver.get(server.url + "/")
+        error = _wait(driver, lambda d: find(By.ID, "models-error").text)
+        assert "API key" in error
+        assert find(By.ID, "generate").get_attribute("disabled")
+        find(By.ID, "api-key").send_keys("sk-playground", Keys.TAB)
+        _wait(driver, lambda d: find(By.ID, "model").get_attribute("value") == run_dir.name)
+        assert find(By.ID, "models-error").text == ""
+        driver.refresh()  # the key is remembered
+        _wait(driver, lambda d: find(By.ID, "model").get_attribute("value") == run_dir.name)
+
+
+def test_an_empty_model_list_says_so(server_url, browser):
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    no_models = """
+        const realFetch = window.fetch;
+        window.fetch = (url, options) => String(url).endsWith("/v1/models")
+            ? Promise.resolve(new Response('{"object": "list", "data": []}'))
+            : realFetch(url, options);
+    """
+    script = driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": no_models})
+    try:
+        driver.get(server_url + "/")
+        error = _wait(driver, lambda d: d.find_element(By.ID, "models-error").text)
+        assert "serves no models" in error
+        assert driver.find_element(By.ID, "generate").get_attribute("disabled")
+        assert driver.find_element(By.ID, "score").get_attribute("disabled")
+    finally:
+        driver.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", script)
+
+
 def _showcase(driver: object, url: str, path: Path) -> None:
     """Save a PNG of the whole page, 1280 px wide, as a user first sees it: the page's own
     prompt and settings generated (seed 1), a token of middling probability picked, and the
