@@ -12,9 +12,9 @@ here (the README's screenshot comes from a trained model).
 
 from __future__ import annotations
 
+import base64
 import math
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.cli import main
+from lmforge.fileio import atomic_write_bytes
 from lmforge.generation import SampleConfig, generate, prompt_ids, score
 from lmforge.runs import load_run
 from tests.conftest import REPO
@@ -254,19 +255,21 @@ def _showcase(driver: object, url: str, path: Path) -> None:
     _wait(driver, lambda d: d.find_element(By.ID, "model").get_attribute("value"))
     _fill(driver, "seed", "1")
     driver.find_element(By.ID, "generate").click()
-    _wait(driver, lambda d: d.find_element(By.ID, "stop").get_attribute("disabled"), timeout=120)
+    _wait(driver, lambda d: d.find_element(By.ID, "gen-stats").text, timeout=120)
     spans = driver.find_elements(By.CSS_SELECTOR, "#output .tok")
-    middling = [
-        s for s in spans[20:] if 0.1 < math.exp(float(s.get_attribute("data-logprob"))) < 0.4
-    ]
-    (middling or spans)[0].click()
+    probs = [math.exp(float(s.get_attribute("data-logprob"))) for s in spans]
+    middling = [s for s, p in zip(spans, probs, strict=True) if 0.1 < p < 0.4]
+    (middling[len(middling) // 2 :] or spans)[0].click()
     driver.find_element(By.ID, "score").click()
     _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#dist-results tr.dist-row"))
-    driver.execute_script("window.scrollTo(0, 0)")
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1280, height)
+
+    def emulate(height: int) -> None:
+        metrics = {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+
+    emulate(800)
+    emulate(driver.execute_script("return document.documentElement.scrollHeight"))
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})
+    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    driver.save_screenshot(str(tmp))
-    shutil.move(tmp, path)
-    driver.set_window_size(1280, 800)
+    atomic_write_bytes(path, base64.b64decode(shot["data"]))
