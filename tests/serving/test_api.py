@@ -237,30 +237,57 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(start_server, runs)
         )
 
 
+def test_a_client_that_gives_up_on_a_plain_completion_frees_its_slot(start_server, runs):
+    with start_server(runs[1:], max_tokens_limit=100_000) as srv:
+        engine = srv.engine(LSTM)
+        request = {"model": LSTM, "prompt": "to", "max_tokens": 100_000}
+        outcome = []
+
+        def give_up_after_a_second():
+            try:
+                client.post("/v1/completions", json=request, timeout=1)
+            except httpx.ReadTimeout as exc:
+                outcome.append(exc)
+
+        with httpx.Client(base_url=srv.url) as client:
+            sent = threading.Thread(target=give_up_after_a_second)
+            sent.start()
+            assert wait_until(lambda: engine.active == 1)
+            sent.join()  # the client's read timed out and it closed the connection
+        assert len(outcome) == 1
+        assert wait_until(lambda: engine.active == 0)
+        steps = engine.steps
+        time.sleep(0.2)
+        assert engine.steps == steps < 100_000
+        assert completion(srv, model=LSTM, prompt="to", max_tokens=2)["choices"][0]["text"]
+
+
 def test_queue_full_is_429_and_the_server_recovers(start_server, runs):
-    with start_server(runs[1:], max_batch=1, max_queue=1, max_tokens_limit=100_000) as srv:
+    with start_server(runs[1:], max_batch=1, max_queue=2, max_tokens_limit=100_000) as srv:
         engine = srv.engine(LSTM)
         request = {"model": LSTM, "prompt": "to", "max_tokens": 100_000, "stream": True}
         with httpx.Client(base_url=srv.url, timeout=60) as client:
             streams = []
             try:
-                for expected_active, expected_queued in ((1, 0), (1, 1)):
+                for expected in ((1, 0), (1, 1)):  # one decoding, one waiting
                     streams.append(client.stream("POST", "/v1/completions", json=request))
                     streams[-1].__enter__()
-                    assert wait_until(
-                        lambda a=expected_active, q=expected_queued: (
-                            (engine.active, engine.queued) == (a, q)
-                        )
-                    )
+                    assert wait_until(lambda e=expected: (engine.active, engine.queued) == e)
+                # n=2: the first sequence takes the last place in the queue, the second is
+                # refused, and the first is withdrawn with it.
                 full = httpx.post(
-                    f"{srv.url}/v1/completions", json={"model": LSTM, "prompt": "a"}, timeout=60
+                    f"{srv.url}/v1/completions", json={**request, "stream": False, "n": 2}
                 )
                 assert full.status_code == 429
                 assert full.json()["error"]["type"] == "rate_limit_error"
+                assert full.json()["error"]["code"] == "queue_full"
             finally:
                 for s in streams:
                     s.__exit__(None, None, None)
         assert wait_until(lambda: engine.active == 0 and engine.queued == 0)
+        steps = engine.steps
+        time.sleep(0.2)
+        assert (engine.active, engine.queued, engine.steps) == (0, 0, steps)  # nothing left
         assert completion(srv, model=LSTM, prompt="to", max_tokens=2)["choices"][0]["text"]
 
 
@@ -322,11 +349,23 @@ def test_serve_command_logs_each_request_and_drains_on_sigterm(runs, tmp_path):
             process.wait()
 
 
-def test_serve_command_errors_are_one_line(runs, tmp_path):
-    missing = lmforge("serve", str(tmp_path / "missing"), "--port", "0")
-    twins = lmforge("serve", str(runs[0]), str(runs[0]), "--port", "0")
-    for process, expected in ((missing, "run directory not found"), (twins, "both be served")):
-        _, err = process.communicate(timeout=60)
-        assert process.returncode == 2
+def test_serve_command_errors_are_one_line(runs, tmp_path, capsys, monkeypatch):
+    from lmforge.cli import main
+    from lmforge.serving import server
+
+    def must_not_serve(self, sockets=None):
+        raise AssertionError("the server started despite the bad arguments")
+
+    monkeypatch.setattr(server._Server, "run", must_not_serve)
+
+    cases = [
+        ([str(tmp_path / "missing")], "run directory not found"),
+        ([str(runs[0]), str(runs[0])], "both be served"),
+        ([str(runs[0]), "--max-batch", "0"], "--max-batch must be at least 1"),
+        ([str(runs[0]), "--api-key", " "], "the API key is empty"),
+    ]
+    for args, expected in cases:
+        assert main(["serve", *args, "--port", "0"]) == 2
+        err = capsys.readouterr().err
         assert err.startswith("lmforge: error: ") and expected in err
         assert len(err.strip().splitlines()) == 1

@@ -31,6 +31,13 @@ CATALOGUE = [
         None,
         "invalid_encoding",
     ),
+    (
+        "a lone surrogate",
+        b'{"model": "tiny-gpt", "prompt": "\\ud800", "echo": true}',
+        400,
+        None,
+        "invalid_encoding",
+    ),
     ("missing prompt", {"model": TRANSFORMER}, 400, "prompt", "invalid_value"),
     ("missing model", {"prompt": "a"}, 400, "model", "invalid_value"),
     ("prompt of a wrong type", completion(prompt=3), 400, "prompt", "invalid_value"),

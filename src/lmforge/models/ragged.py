@@ -26,7 +26,12 @@ MIN_CAPACITY = 64
 
 
 class RaggedKVCache:
-    """Keys and values of B sequences of different lengths (see the module docstring)."""
+    """Keys and values of B sequences of different lengths (see the module docstring).
+
+    The buffers have room for more rows than are in use (rows are added by doubling), so a
+    joining row is written in place; a row that leaves is replaced by a moved one (see
+    :meth:`keep`), so the others stay where they are.
+    """
 
     def __init__(self, n_layer: int, block_size: int) -> None:
         self.keys: list[torch.Tensor | None] = [None] * n_layer
@@ -34,6 +39,7 @@ class RaggedKVCache:
         self.lengths = torch.zeros(0, dtype=torch.long)
         self.block_size = block_size
         self.mask: torch.Tensor | None = None  # [B, 1, T, capacity]: keys each query sees
+        self._bias: torch.Tensor | None = None  # the mask as 0 / -inf, added to the scores
         self._positions: torch.Tensor | None = None
 
     @property
@@ -56,26 +62,34 @@ class RaggedKVCache:
     def insert(self, cache: Any) -> None:
         """Append the rows of a filled :class:`~lmforge.models.transformer.KVCache` (all of
         its rows have its length)."""
-        filled = cache.length
-        rows = cache.batch_size
-        if rows == 0:
+        filled, added = cache.length, cache.batch_size
+        if added == 0 or any(k is None for k in cache.keys):
             raise LmforgeError("cannot insert an empty key/value cache into a batch")
-        self._reserve(filled)
-        capacity = self.capacity or self._grown_capacity(filled)
+        b = self.batch_size
         for layer, (k, v) in enumerate(zip(cache.keys, cache.values, strict=True)):
-            self.keys[layer] = _cat_padded(self.keys[layer], k, filled, capacity)
-            self.values[layer] = _cat_padded(self.values[layer], v, filled, capacity)
-        added = torch.full((rows,), filled, dtype=torch.long, device=self.lengths.device)
-        self.lengths = torch.cat([self.lengths.to(added.device), added])
+            self.keys[layer] = _room(self.keys[layer], k, b + added, filled, self.block_size)
+            self.values[layer] = _room(self.values[layer], v, b + added, filled, self.block_size)
+            self.keys[layer][b : b + added, :, :filled] = k[:, :, :filled]
+            self.values[layer][b : b + added, :, :filled] = v[:, :, :filled]
+        lengths = torch.full((added,), filled, dtype=torch.long, device=self.lengths.device)
+        self.lengths = torch.cat([self.lengths, lengths])
 
-    def keep(self, rows: torch.Tensor) -> None:
-        """Keep only ``rows`` (indices, in the order given); the others leave the batch."""
-        self.lengths = self.lengths.index_select(0, rows.to(self.lengths.device))
-        for layer in range(len(self.keys)):
-            k, v = self.keys[layer], self.values[layer]
-            if k is not None and v is not None:
-                self.keys[layer] = k.index_select(0, rows.to(k.device))
-                self.values[layer] = v.index_select(0, rows.to(v.device))
+    def keep(self, rows: list[int]) -> None:
+        """Keep only ``rows`` (indices, in the order given): row j becomes old row
+        ``rows[j]``. Only the rows that change place are copied, so an order that moves the
+        last rows into the holes (rather than shifting everything) is cheap."""
+        moved = [j for j, r in enumerate(rows) if r != j]
+        index = torch.tensor(rows, dtype=torch.long)
+        self.lengths = self.lengths[index] if rows else self.lengths[:0]
+        if not moved:
+            return
+        targets = torch.tensor(moved, dtype=torch.long)
+        sources = index[targets]
+        for buffers in (self.keys, self.values):
+            for buffer in buffers:
+                if buffer is not None:
+                    device = buffer.device
+                    buffer[targets.to(device)] = buffer[sources.to(device)]
 
     def advance(self, t: int) -> torch.Tensor:
         """Start a model call of ``t`` new tokens per row: their positions [B, t], and the
@@ -86,12 +100,16 @@ class RaggedKVCache:
                 f"{longest} tokens exceed the model's block size {self.block_size}; "
                 "slide the window before decoding on"
             )
-        self._reserve(longest)
+        b = self.batch_size
+        for buffers in (self.keys, self.values):
+            for layer, buffer in enumerate(buffers):
+                if buffer is not None:
+                    buffers[layer] = _room(buffer, buffer, b, longest, self.block_size)
         device = self.keys[0].device if self.keys[0] is not None else self.lengths.device
-        steps = torch.arange(t, device=device)
-        positions = self.lengths.to(device)[:, None] + steps[None, :]
+        positions = self.lengths.to(device)[:, None] + torch.arange(t, device=device)[None, :]
         keys = torch.arange(self.capacity, device=device)
         self.mask = (keys[None, None, :] <= positions[:, :, None])[:, None]
+        self._bias = None
         self._positions = positions
         self.lengths = self.lengths + t
         return positions
@@ -100,47 +118,45 @@ class RaggedKVCache:
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the new keys and values [B, H, t, D] of ``layer`` at each row's positions;
-        return the whole buffers [B, H, capacity, D] (read them through :attr:`mask`)."""
+        return the rows' buffers [B, H, capacity, D] (read them through :attr:`mask`)."""
         keys, values, positions = self.keys[layer], self.values[layer], self._positions
         if keys is None or values is None or positions is None:
             raise LmforgeError("the ragged cache is empty: insert prefilled rows first")
-        rows = torch.arange(keys.shape[0], device=keys.device)[:, None]
+        b = positions.shape[0]
+        rows = torch.arange(b, device=keys.device)[:, None]
         keys[rows, :, positions] = k.transpose(1, 2).to(keys.dtype)
         values[rows, :, positions] = v.transpose(1, 2).to(values.dtype)
-        return keys, values
+        return keys[:b], values[:b]
 
-    def _grown_capacity(self, needed: int) -> int:
-        capacity = max(self.capacity, MIN_CAPACITY)
-        while capacity < needed:
-            capacity *= 2
-        return min(capacity, max(self.block_size, needed))
-
-    def _reserve(self, needed: int) -> None:
-        """Grow every buffer to hold ``needed`` positions (new positions are zeros, never
-        garbage: a masked key still meets a value in the product)."""
-        if self.capacity == 0 or self.capacity >= needed:
-            return
-        capacity = self._grown_capacity(needed)
-        for layer in range(len(self.keys)):
-            self.keys[layer] = _padded(self.keys[layer], capacity)
-            self.values[layer] = _padded(self.values[layer], capacity)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q·kᵀ/√D + mask)·v for queries [B, H, T, D] over the buffers :meth:`update`
+        returned: each row attends to its own positions only. Written out, it is about twice
+        as fast on a CPU as ``scaled_dot_product_attention`` with a mask, for one query."""
+        if self._bias is None or self._bias.dtype != q.dtype:
+            assert self.mask is not None
+            zeros = torch.zeros(self.mask.shape, dtype=q.dtype, device=q.device)
+            self._bias = zeros.masked_fill(~self.mask, float("-inf"))
+        scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5) + self._bias
+        return scores.softmax(dim=-1) @ v
 
 
-def _padded(buffer: torch.Tensor | None, capacity: int) -> torch.Tensor | None:
-    if buffer is None:
-        return None
-    b, h, filled, d = buffer.shape
-    grown = buffer.new_zeros(b, h, capacity, d)
-    grown[:, :, :filled] = buffer
-    return grown
-
-
-def _cat_padded(
-    batch: torch.Tensor | None, rows: torch.Tensor | None, filled: int, capacity: int
+def _room(
+    buffer: torch.Tensor | None, like: torch.Tensor, rows: int, positions: int, block_size: int
 ) -> torch.Tensor:
-    if rows is None:
-        raise LmforgeError("cannot insert an empty key/value cache into a batch")
-    b, h, _, d = rows.shape
-    padded = rows.new_zeros(b, h, capacity, d)
-    padded[:, :, :filled] = rows[:, :, :filled]
-    return padded if batch is None else torch.cat([batch, padded.to(batch.dtype)])
+    """``buffer`` [R, H, C, D] if it has room for ``rows`` rows of ``positions`` positions,
+    else a copy grown by doubling (positions up to the block size); new room is zeros, never
+    garbage, since a masked key still meets its value in the product."""
+    have_rows, have_positions = (0, 0) if buffer is None else (buffer.shape[0], buffer.shape[2])
+    if buffer is not None and have_rows >= rows and have_positions >= positions:
+        return buffer
+    new_rows = max(have_rows, 1)
+    while new_rows < rows:
+        new_rows *= 2
+    new_positions = max(have_positions, MIN_CAPACITY)
+    while new_positions < positions:
+        new_positions *= 2
+    new_positions = min(new_positions, max(block_size, positions))
+    grown = like.new_zeros(new_rows, like.shape[1], new_positions, like.shape[3])
+    if buffer is not None:
+        grown[:have_rows, :, :have_positions] = buffer
+    return grown

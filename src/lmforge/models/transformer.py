@@ -178,7 +178,7 @@ class CausalSelfAttention(nn.Module):
         k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
         if isinstance(cache, RaggedKVCache):  # rows of different lengths: each its own keys
-            y = attention(q, k, v, attn_mask=cache.mask, dropout_p=dropout)
+            y = cache.attend(q, k, v)
         elif past == 0:
             y = attention(q, k, v, dropout_p=dropout, is_causal=t > 1)
         elif t == 1:  # one new token sees every cached one

@@ -9,14 +9,15 @@ to ``Settings.drain_seconds``, when it shuts down. Every error leaves as OpenAI'
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -51,7 +52,9 @@ from lmforge.serving.protocol import (
 
 log = logging.getLogger("lmforge.serve")
 
+T = TypeVar("T")
 UNLIMITED_CONTEXT_PROMPT_TOKENS = 4096
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client went away
 PUBLIC_PATHS = ("/health", "/metrics", "/")
 ENDPOINTS = (
     "/v1/models",
@@ -188,9 +191,13 @@ def create_app(models: Sequence[ServedModel], settings: Settings | None = None) 
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         try:
-            result = await completions.complete(body, choices, prompt_tokens)
+            result = await until_disconnected(
+                request, completions.complete(body, choices, prompt_tokens)
+            )
         finally:
             count(request, generated=sum(c.generated for c in choices), model=model.name)
+        if result is None:  # nobody is listening any more
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         return JSONResponse(result)
 
     @app.post("/v1/score")
@@ -268,6 +275,28 @@ async def read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise body_too_large(limit)
     return bytes(body)
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """``work``'s result, or None (and ``work`` cancelled, which cancels its sequences) as soon
+    as the client hangs up."""
+    task = asyncio.ensure_future(work)
+    hang_up = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, hang_up}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hang_up.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled():
+        return None
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _add_error_handlers(app: FastAPI) -> None:

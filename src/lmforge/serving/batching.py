@@ -137,7 +137,7 @@ class TransformerBatch(Batch):
         self.cache.insert(state)
 
     def keep(self, rows: list[int]) -> None:
-        self.cache.keep(torch.tensor(rows, dtype=torch.long))
+        self.cache.keep(rows)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         logits, self.cache = self.model(tokens[:, None], self.cache)

@@ -18,7 +18,7 @@ from typing import Any
 
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.generation import SampleConfig, StopFilter, primed_decoder, prompt_ids
-from lmforge.serving.engine import QueueFull, Request
+from lmforge.serving.engine import Request
 from lmforge.serving.protocol import (
     APIError,
     CompletionRequest,
@@ -111,7 +111,6 @@ class Choice:
         """The choice's text as it comes: the echoed prompt first (when asked), then one
         delta per generated token, then the tail held back by the stop filter."""
         echoed = False
-        finish = "length"
         if self.sequence is not None:
             async for info in self.sequence:
                 if not echoed:
@@ -122,8 +121,7 @@ class Choice:
                 delta = self._token(info)
                 if self.stop_filter.stopped:
                     self.sequence.cancel()
-                    finish = "stop"
-                    delta.finish_reason = finish
+                    delta.finish_reason = "stop"
                     yield delta
                     return
                 yield delta
@@ -131,8 +129,7 @@ class Choice:
             yield self._echo()
         start = len(self.logprobs)
         tail = self.stop_filter.feed(self.decoder.flush())
-        if self.stop_filter.stopped:
-            finish = "stop"
+        finish = "stop" if self.stop_filter.stopped else "length"
         tail += self.stop_filter.finish()
         yield Delta(tail, start, start, finish)
 
@@ -150,8 +147,9 @@ class Choice:
         if self.want_logprobs:
             infos = (self.sequence.prompt_logprobs if self.sequence is not None else None) or []
             decoder = self.tokenizer.stream_decoder()
-            for token, info in zip(self.ids, [*infos, *[None] * len(self.ids)], strict=False):
+            for i, token in enumerate(self.ids):
                 text = decoder.push(token)
+                info = infos[i] if i < len(infos) else None
                 if info is None:
                     self.logprobs.add(text, None, None)
                 else:
@@ -224,15 +222,7 @@ def make_choices(
                 seed = None if config.seed is None else config.seed + i
                 sample = dataclasses.replace(config, seed=seed)
                 choices.append(Choice(served, p_index * n + i, text, ids, sample, body, timing))
-    except QueueFull:
-        for c in choices:
-            c.cancel()
-        raise APIError(
-            429,
-            f"model '{served.name}' has too many requests waiting; retry later",
-            code="queue_full",
-        ) from None
-    except BaseException:
+    except BaseException:  # e.g. QueueFull (429): withdraw the sequences already queued
         for c in choices:
             c.cancel()
         raise

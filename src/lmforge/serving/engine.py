@@ -293,9 +293,10 @@ class Engine:
         for _, loop, future in calls:
             loop.call_soon_threadsafe(_fail_future, future, EngineStopped("the engine stopped"))
 
-    def _admit(self) -> list[_Slot]:
+    def _admit(self) -> list[Sequence]:
         """Waiting sequences that get a slot now (cancelled ones are ended)."""
-        admitted, ended = [], []
+        admitted: list[Sequence] = []
+        ended: list[Sequence] = []
         with self._cond:
             while self._waiting and self.active + len(admitted) < self.max_batch:
                 seq = self._waiting.popleft()
@@ -305,7 +306,7 @@ class Engine:
                     admitted.append(seq)
         for seq in ended:
             _deliver({seq._loop: [(seq, [_END])]})
-        return [_Slot(seq, self._device, self._vocab_size) for seq in admitted]
+        return admitted
 
     def _step(self) -> None:
         """One engine step: decode the batch, read new (and slid) prompts, sample, deliver,
@@ -321,12 +322,15 @@ class Engine:
                 for slot in self._rows:
                     self._fail(slot, exc, outbox)
                 self._rows, self._batch = [], batch_for(self.model)
-        joining, self._rejoining = self._rejoining + self._admit(), []
+        joining: list[_Slot | Sequence] = [*self._rejoining, *self._admit()]
+        self._rejoining = []
         for slot in joining:
             try:
+                if isinstance(slot, Sequence):
+                    slot = _Slot(slot, self._device, self._vocab_size)
                 logits = self._read_window(slot)
             except Exception as exc:
-                self._fail(slot, exc, outbox)
+                self._fail_sequence(slot if isinstance(slot, Sequence) else slot.seq, exc, outbox)
                 continue
             if slot.config.max_new_tokens == 0:
                 self._end(slot, "length", outbox)
@@ -392,21 +396,29 @@ class Engine:
         rows = self._rows
         tokens = logits.argmax(dim=-1)  # right for greedy rows, replaced for the others
         failed: set[int] = set()
-        for i, slot in enumerate(rows):
-            if slot.greedy:
-                continue
-            try:
-                processed = process_logits(logits[i : i + 1], slot.config, slot.seen)
-                tokens[i] = sample_next(processed, slot.config, slot.generator)[0]
-            except RuntimeError as exc:  # e.g. NaN logits: this row fails, the others go on
-                self._fail(slot, exc, outbox)
-                failed.add(i)
+        for group in _sampling_groups(rows):
+            # rows that filter alike are processed together; each draws with its own generator
+            processed = _grouped_process_logits(logits, group, rows)
+            for j, i in enumerate(group):
+                slot = rows[i]
+                try:
+                    if processed is None:
+                        row = process_logits(logits[i : i + 1], slot.config, slot.seen)
+                    else:
+                        row = processed[j : j + 1]
+                    tokens[i] = sample_next(row, slot.config, slot.generator)[0]
+                except RuntimeError as exc:  # e.g. NaN logits: this row fails, others go on
+                    self._fail(slot, exc, outbox)
+                    failed.add(i)
         logprobs = F.log_softmax(logits, dim=-1)
         infos = _token_infos(logprobs, tokens, [s.seq.request.top_logprobs for s in rows])
         kept: list[int] = []
         context = self.model.max_context
         for i, (slot, info) in enumerate(zip(rows, infos, strict=True)):
-            if slot.seq._cancelled or i in failed:
+            if i in failed:
+                continue
+            if slot.seq._cancelled:
+                self._end(slot, "cancelled", outbox)
                 continue
             slot.generated += 1
             slot.history.append(info.token)
@@ -444,9 +456,12 @@ class Engine:
             self._rejoining = []
 
     def _keep(self, kept: list[int]) -> None:
+        """Keep the rows ``kept``; the last survivors move into the holes, so the batch copies
+        a few rows rather than shifting all of them."""
         if len(kept) != len(self._rows):
-            self._batch.keep(kept)
-            self._rows = [self._rows[i] for i in kept]
+            order = hole_filling_order(kept)
+            self._batch.keep(order)
+            self._rows = [self._rows[i] for i in order]
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         with self._cond:
@@ -458,9 +473,50 @@ class Engine:
         outbox.setdefault(slot.seq._loop, []).append((slot.seq, [_END]))
 
     def _fail(self, slot: _Slot, exc: Exception, outbox: dict) -> None:
-        self._finish(slot.seq, "error")
+        self._fail_sequence(slot.seq, exc, outbox)
+
+    def _fail_sequence(self, seq: Sequence, exc: Exception, outbox: dict) -> None:
+        self._finish(seq, "error")
         error = exc if isinstance(exc, LmforgeError) else LmforgeError(f"model step failed: {exc}")
-        outbox.setdefault(slot.seq._loop, []).append((slot.seq, [error]))
+        outbox.setdefault(seq._loop, []).append((seq, [error]))
+
+
+def _sampling_groups(rows: list[_Slot]) -> list[list[int]]:
+    """The sampled (not greedy) rows, grouped by the filters they apply; a row with a
+    repetition penalty (its own ``seen`` tokens) is a group of its own."""
+    groups: dict[object, list[int]] = {}
+    for i, slot in enumerate(rows):
+        if slot.greedy:
+            continue
+        config = slot.config
+        key = (config.temperature, config.top_k, config.top_p) if slot.seen is None else i
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _grouped_process_logits(
+    logits: torch.Tensor, group: list[int], rows: list[_Slot]
+) -> torch.Tensor | None:
+    """process_logits over the group's rows at once (None: a single row, done alone)."""
+    if len(group) == 1:
+        return None
+    index = torch.tensor(group, device=logits.device)
+    with contextlib.suppress(RuntimeError):
+        return process_logits(logits.index_select(0, index), rows[group[0]].config)
+    return None
+
+
+def hole_filling_order(kept: list[int]) -> list[int]:
+    """An order of the surviving rows ``kept`` (ascending) in which each survivor keeps its
+    place when it is inside the new size, and the others fill the holes.
+
+    >>> hole_filling_order([0, 2, 3, 4])     # row 1 left: row 4 moves into it
+    [0, 4, 2, 3]
+    """
+    size = len(kept)
+    survivors = set(kept)
+    movers = iter(r for r in kept if r >= size)
+    return [j if j in survivors else next(movers) for j in range(size)]
 
 
 def _token_infos(logprobs: torch.Tensor, tokens: torch.Tensor, tops: list[int]) -> list[TokenInfo]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -97,13 +98,24 @@ def parse_json(body: bytes) -> Any:
             code="invalid_encoding",
         ) from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant)
     except (json.JSONDecodeError, ValueError) as exc:
         raise APIError(
             400,
             f"the request body is not valid JSON ({exc}); send a JSON object",
             code="invalid_json",
         ) from None
+    if "\\u" in text and _SURROGATE.search(json.dumps(value, ensure_ascii=False)):
+        raise APIError(
+            400,
+            "the request body has a lone surrogate escape (\\ud800-\\udfff), which is not "
+            "text; send valid Unicode",
+            code="invalid_encoding",
+        )
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _reject_constant(name: str) -> None:

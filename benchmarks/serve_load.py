@@ -1,0 +1,229 @@
+"""Load on ``lmforge serve``: concurrent streaming clients against one server, and the
+single-sequence rate of ``lmforge sample``'s loop measured in the same run.
+
+For each run (a Tiny Shakespeare ``tiny`` Transformer and the default LSTM, trained here for a
+few steps unless given: speed does not depend on how well a model is trained), the script
+starts ``lmforge serve`` on loopback, then for 1, 8, 32 and 64 concurrent clients sends
+streaming ``/v1/completions`` requests (128 new tokens each, sampled at temperature 0.8,
+prompts of mixed lengths cut from the corpus) and reports:
+
+* aggregate generated tokens/s (all clients' tokens over the level's wall time),
+* p50 / p99 time to first token and inter-token latency (over every chunk of every client),
+* errors (non-200 responses, broken streams, fewer tokens than asked),
+
+and ``generation.generate_ids`` in this process (what ``lmforge sample`` runs) on the same
+weights, 128 tokens from a mid-length prompt, as the single-client peer. Goals: 0 errors;
+64 clients ≥ 10× the 1-client rate; 1 client ≥ 0.9× ``sample``'s rate.
+
+    python benchmarks/serve_load.py                        # trains both runs in a temp dir
+    python benchmarks/serve_load.py --runs runs/tiny runs/lstm --clients 1 8 32 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from lmforge.data.corpora import read_text, resolve_corpus
+from lmforge.generation import SampleConfig, generate_ids, prompt_ids
+from lmforge.runs import load_run
+
+TRAIN = {
+    "tiny": ["--model", "transformer", "--preset", "tiny"],
+    "lstm": ["--model", "lstm"],
+}
+
+
+def train_runs(directory: Path, steps: int) -> list[Path]:
+    """A ``tiny`` Transformer and a default LSTM on Tiny Shakespeare, ``steps`` steps each."""
+    runs = []
+    for name, flags in TRAIN.items():
+        out = directory / name
+        command = [sys.executable, "-m", "lmforge", "train", *flags, "--out", str(out)]
+        command += ["--max-steps", str(steps), "--eval-interval", str(steps)]
+        command += ["--eval-iters", "2", "--quiet", "--overwrite"]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        runs.append(out)
+    return runs
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(runs: list[Path], port: int, max_batch: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "lmforge", "serve", *map(str, runs)]
+    command += ["--port", str(port), "--max-batch", str(max_batch)]
+    server = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"lmforge serve exited with code {server.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.terminate()
+    raise SystemExit("lmforge serve did not come up within 300 s")
+
+
+def mixed_prompts(text: str, count: int, seed: int) -> list[str]:
+    """``count`` prompts of 1 to 100 characters, each starting at a line of the corpus."""
+    rng = random.Random(seed)
+    starts = [i + 1 for i, c in enumerate(text[:200_000]) if c == "\n"]
+    prompts = []
+    for _ in range(count):
+        start = rng.choice(starts)
+        prompts.append(text[start : start + rng.randint(1, 100)] or "\n")
+    return prompts
+
+
+async def one_client(
+    client: httpx.AsyncClient, model: str, prompt: str, tokens: int, seed: int
+) -> dict:
+    """One streamed completion: chunk arrival times and the tokens the server counted."""
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": tokens,
+        "temperature": 0.8,
+        "seed": seed,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    sent = time.perf_counter()
+    arrivals: list[float] = []
+    generated = 0
+    try:
+        async with client.stream("POST", "/v1/completions", json=body) as response:
+            if response.status_code != 200:
+                return {"error": f"HTTP {response.status_code}"}
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("usage"):
+                    generated = chunk["usage"]["completion_tokens"]
+                elif chunk["choices"] and chunk["choices"][0]["text"]:
+                    arrivals.append(time.perf_counter())
+    except (httpx.HTTPError, json.JSONDecodeError, KeyError) as exc:
+        return {"error": repr(exc)}
+    if generated != tokens or not arrivals:
+        return {"error": f"{generated} tokens of {tokens}"}
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    return {"ttft": arrivals[0] - sent, "gaps": gaps, "tokens": generated}
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def load_level(port: int, model: str, prompts: list[str], tokens: int) -> dict:
+    """All ``len(prompts)`` clients at once; the figures of the level."""
+    limits = httpx.Limits(max_connections=len(prompts) + 4)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits
+    ) as client:
+        started = time.perf_counter()
+        results = await asyncio.gather(
+            *(one_client(client, model, p, tokens, seed=i) for i, p in enumerate(prompts))
+        )
+        wall = time.perf_counter() - started
+    good = [r for r in results if "error" not in r]
+    errors = [r["error"] for r in results if "error" in r]
+    ttfts = [r["ttft"] for r in good]
+    gaps = [g for r in good for g in r["gaps"]]
+    return {
+        "clients": len(prompts),
+        "tokens_per_s": sum(r["tokens"] for r in good) / wall,
+        "ttft_p50": percentile(ttfts, 50),
+        "ttft_p99": percentile(ttfts, 99),
+        "itl_p50": percentile(gaps, 50),
+        "itl_p99": percentile(gaps, 99),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else "",
+    }
+
+
+def sample_rate(run: Path, prompt: str, tokens: int, repeats: int) -> float:
+    """``lmforge sample``'s loop (generate_ids, temperature 0.8), tokens/s, best of
+    ``repeats``."""
+    loaded = load_run(run, device="cpu")
+    ids = prompt_ids(loaded.tokenizer, prompt)
+    config = SampleConfig(max_new_tokens=tokens, temperature=0.8, seed=0)
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in generate_ids(loaded.model, ids, config):
+            pass
+        best = max(best, tokens / (time.perf_counter() - started))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", nargs="+", type=Path, help="runs to serve (default: train)")
+    parser.add_argument("--train-steps", type=int, default=30)
+    parser.add_argument("--clients", nargs="+", type=int, default=[1, 8, 32, 64])
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the sample peer")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = args.runs or train_runs(Path(tmp), args.train_steps)
+        text = read_text(resolve_corpus("tinyshakespeare"))
+        port = free_port()
+        server = start_server(runs, port, max_batch=max(args.clients))
+        try:
+            print(f"machine: {os.cpu_count()} CPUs; {args.tokens} new tokens per client\n")
+            print("| model | clients | tok/s | vs 1 | TTFT p50/p99 ms | ITL p50/p99 ms | errors |")
+            print("|---|---|---|---|---|---|---|")
+            for run in runs:
+                name = run.resolve().name
+                single = None
+                for clients in args.clients:
+                    prompts = mixed_prompts(text, clients, seed=clients)
+                    level = asyncio.run(load_level(port, name, prompts, args.tokens))
+                    single = single or level["tokens_per_s"]
+                    print(
+                        f"| {name} | {clients} | {level['tokens_per_s']:.0f} "
+                        f"| {level['tokens_per_s'] / single:.1f}× "
+                        f"| {1000 * level['ttft_p50']:.0f} / {1000 * level['ttft_p99']:.0f} "
+                        f"| {1000 * level['itl_p50']:.1f} / {1000 * level['itl_p99']:.1f} "
+                        f"| {level['errors']} {level['first_error']} |",
+                        flush=True,
+                    )
+                peer = sample_rate(
+                    run, mixed_prompts(text, 1, seed=0)[0], args.tokens, args.repeats
+                )
+                print(
+                    f"| {name} | `sample` loop | {peer:.0f} | server 1 client / sample: "
+                    f"{single / peer:.2f}× | | | |",
+                    flush=True,
+                )
+        finally:
+            server.terminate()
+            server.wait(30)
+
+
+if __name__ == "__main__":
+    main()

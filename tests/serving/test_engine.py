@@ -1,0 +1,348 @@
+"""The continuous-batching engine: a sequence's tokens and logprobs do not depend on its
+neighbours, match lmforge's one-sequence generation, and slots are freed and queued as
+promised."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import pytest
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.generation import SampleConfig, generate, generate_ids, score
+from lmforge.models import build_model, ragged
+from lmforge.models.base import LanguageModel
+from lmforge.serving.engine import Engine, EngineStopped, QueueFull, Request, TokenInfo
+from lmforge.tokenizers import CharTokenizer
+
+VOCAB = 40
+TEXT = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN"  # VOCAB distinct characters
+
+MODELS = {
+    "transformer": dict(n_layer=2, n_head=2, n_embd=32, block_size=24),
+    "rotary": dict(n_layer=2, n_head=2, n_embd=32, block_size=24, position="rotary"),
+    "lstm": dict(n_embd=16, n_hidden=32),
+    "gru": dict(n_embd=16, n_hidden=32),
+    "rnn": dict(n_embd=16, n_hidden=32),
+    "bigram": {},
+    "context-mean": dict(mode="mean", n_embd=16, block_size=6),
+    "context-sum": dict(mode="sum"),
+    "context-mean-unbounded": dict(mode="mean"),
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models run one token at a time: a second intra-op thread only adds hand-offs
+    (10x slower on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model(kind: str, seed: int = 0) -> LanguageModel:
+    """A small float32 model with random weights big enough for peaked distributions."""
+    torch.manual_seed(seed)
+    family = {"rotary": "transformer"}.get(kind, kind.split("-")[0])
+    model = build_model(family, vocab_size=VOCAB, **MODELS[kind])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return model.eval()
+
+
+def greedy(max_new_tokens: int) -> SampleConfig:
+    return SampleConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+
+
+@asynccontextmanager
+async def running(model: LanguageModel, **options: int) -> AsyncIterator[Engine]:
+    """A started engine, always stopped (its thread joined) when the block ends."""
+    engine = Engine(model, **options)
+    engine.start()
+    try:
+        yield engine
+    finally:
+        await asyncio.to_thread(engine.stop, 1.0)
+
+
+async def collect(seq) -> list[TokenInfo]:
+    async with asyncio.timeout(120):  # a wedged engine fails the test instead of hanging it
+        return [info async for info in seq]
+
+
+async def alone(model: LanguageModel, request: Request) -> list[TokenInfo]:
+    async with running(model) as engine:
+        return await collect(engine.submit(request))
+
+
+async def in_busy_batch(
+    model: LanguageModel, request: Request, others: int = 63
+) -> list[TokenInfo]:
+    """``request``'s tokens when it runs among ``others`` requests of other prompt lengths,
+    lengths and sampling settings, submitted in three waves a few steps apart (it joins with
+    the second wave)."""
+    rng = random.Random(1)
+    neighbours = [
+        Request(
+            [rng.randrange(VOCAB) for _ in range(rng.randint(1, 30))],
+            SampleConfig(
+                max_new_tokens=rng.randint(1, 40),
+                temperature=rng.choice([0.0, 1.0, 0.7]),
+                top_k=rng.choice([None, 5, 20]),  # 20 as the seeded test: sampled in a group
+                seed=rng.randrange(1000),
+            ),
+            top_logprobs=rng.choice([0, 3]),
+            prompt_logprobs=rng.random() < 0.2,
+        )
+        for _ in range(others)
+    ]
+    third = others // 3
+    waves = [neighbours[:third], [request, *neighbours[third : 2 * third]], neighbours[2 * third :]]
+    async with running(model, max_batch=others + 1) as engine:
+        tasks = []
+        for k, wave in enumerate(waves):
+            while engine.steps < 3 * k:
+                await asyncio.sleep(0.001)
+            tasks += [asyncio.create_task(collect(engine.submit(r))) for r in wave]
+        results = await asyncio.gather(*tasks)
+    return results[third]
+
+
+def assert_same(batched: list[TokenInfo], single: list[TokenInfo]) -> None:
+    assert [t.token for t in batched] == [t.token for t in single]
+    for b, s in zip(batched, single, strict=True):
+        assert b.logprob == pytest.approx(s.logprob, abs=1e-4)
+        assert [t for t, _ in b.top] == [t for t, _ in s.top]
+        assert [lp for _, lp in b.top] == pytest.approx([lp for _, lp in s.top], abs=1e-4)
+
+
+def generate_ids_logprobs(
+    model: LanguageModel, prompt: list[int], config: SampleConfig
+) -> tuple[list[int], list[float]]:
+    """generate_ids's tokens, and the logprob of each under the logits it was drawn from."""
+    logits: list[torch.Tensor] = []
+    hook = model.register_forward_hook(lambda m, i, out: logits.append(out[0][0, -1].float()))
+    try:
+        tokens = [int(t) for t in generate_ids(model, prompt, config)]
+    finally:
+        hook.remove()
+    logprobs = [float(torch.log_softmax(row, -1)[t]) for row, t in zip(logits, tokens, strict=True)]
+    return tokens, logprobs
+
+
+@pytest.mark.parametrize("kind", ["transformer", "rotary", "lstm"])
+def test_batched_equals_alone_and_generate_ids(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ragged, "MIN_CAPACITY", 8)  # the caches grow: 8, 16, 24
+    model = make_model(kind)
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    request = Request(prompt, greedy(40), top_logprobs=3)  # 48 tokens: past the block of 24
+    single = asyncio.run(alone(model, request))
+    batched = asyncio.run(in_busy_batch(model, request))
+    assert_same(batched, single)
+    tokens, logprobs = generate_ids_logprobs(model, prompt, greedy(40))
+    assert [t.token for t in single] == tokens
+    assert [t.logprob for t in single] == pytest.approx(logprobs, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kind", ["gru", "rnn", "bigram", "context-mean", "context-sum", "context-mean-unbounded"]
+)
+def test_batched_equals_alone_other_families(kind: str) -> None:
+    model = make_model(kind)
+    prompt = [7, 7, 2]
+    request = Request(prompt, greedy(12), top_logprobs=2)
+    single = asyncio.run(alone(model, request))
+    batched = asyncio.run(in_busy_batch(model, request, others=15))
+    assert_same(batched, single)
+    assert [t.token for t in single] == [int(t) for t in generate_ids(model, prompt, greedy(12))]
+
+
+def test_logprobs_are_the_raw_distribution() -> None:
+    """The chosen token's logprob and the alternatives come from log_softmax of the raw
+    logits, whatever temperature / top-k the token was drawn with."""
+    model = make_model("lstm")
+    prompt = [1, 2, 3]
+    config = SampleConfig(max_new_tokens=1, temperature=2.5, top_k=3, seed=0)
+    (info,) = asyncio.run(alone(model, Request(prompt, config, top_logprobs=5)))
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt]))[0][0, -1]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    assert info.logprob == pytest.approx(float(logprobs[info.token]), abs=1e-6)
+    expected = torch.topk(logprobs, 5)
+    assert [t for t, _ in info.top] == expected.indices.tolist()
+    assert [lp for _, lp in info.top] == pytest.approx(expected.values.tolist(), abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["transformer", "lstm"])
+def test_seeded_sample_is_its_own_and_matches_generate(kind: str) -> None:
+    model = make_model(kind)
+    tokenizer = CharTokenizer.train(TEXT)
+    assert tokenizer.vocab_size == VOCAB
+    config = SampleConfig(max_new_tokens=30, temperature=1.0, top_k=20, seed=1234)
+    request = Request(tokenizer.encode("abc"), config)
+    single = asyncio.run(alone(model, request))
+    batched = asyncio.run(in_busy_batch(model, request))
+    assert [t.token for t in batched] == [t.token for t in single]
+    expected = generate(model, tokenizer, "abc", SampleConfig(**{**vars(config), "num_samples": 1}))
+    assert tokenizer.decode([t.token for t in single]) == expected[0]
+    other_seed = SampleConfig(**{**vars(config), "seed": 1235})
+    assert asyncio.run(alone(model, Request(request.prompt_ids, other_seed))) != single
+
+
+def test_transformer_window_slides_as_generate_ids() -> None:
+    """A prompt longer than the block is cropped, and generation past the block slides the
+    window exactly as generate_ids does, sampled with a repetition penalty too."""
+    model = make_model("rotary")
+    prompt = [i % VOCAB for i in range(30)]  # block 24: cropped
+    for config in (
+        greedy(60),
+        SampleConfig(max_new_tokens=60, temperature=0.8, repetition_penalty=1.3, seed=5),
+    ):
+        tokens = [t.token for t in asyncio.run(alone(model, Request(prompt, config)))]
+        assert tokens == [int(t) for t in generate_ids(model, prompt, config)]
+
+
+@pytest.mark.parametrize("continuation", ["defgh", "defghijklmnopqrstuvwxyzABCDEFGH"])
+def test_echo_prompt_logprobs_equal_score(continuation: str) -> None:
+    """Within the block, and past it (each prediction then sees the last 24 tokens)."""
+    model = make_model("transformer")
+    tokenizer = CharTokenizer.train(TEXT)
+    prompt = "abc"
+
+    async def echo() -> tuple:
+        async with running(model) as engine:
+            ids = tokenizer.encode(prompt + continuation)
+            seq = engine.submit(Request(ids, greedy(0), top_logprobs=2, prompt_logprobs=True))
+            tokens = await collect(seq)
+            return seq, tokens
+
+    seq, tokens = asyncio.run(echo())
+    assert tokens == [] and seq.finish_reason == "length"
+    (scored,) = score(model, tokenizer, prompt, [continuation], join="")
+    assert seq.prompt_logprobs is not None and seq.prompt_logprobs[0] is None
+    assert len(seq.prompt_logprobs) == len(prompt + continuation)
+    echoed = [info.logprob for info in seq.prompt_logprobs[len(prompt) :]]
+    assert echoed == pytest.approx([lp for _, lp in scored.tokens], abs=1e-5)
+    assert all(len(info.top) == 2 for info in seq.prompt_logprobs[1:])
+
+
+def test_cancel_frees_the_slot_before_the_next_step() -> None:
+    """Cancelled between steps (the engine held in its step hook) or during a step (from
+    inside the model call), a sequence has left the batch when the next step completes."""
+    model = make_model("lstm")
+    records: list[tuple[int, int]] = []
+    paused, resume = threading.Event(), threading.Event()
+
+    async def scenario() -> None:
+        async with running(model, max_batch=4) as engine:
+
+            def on_step(active: int, queued: int) -> None:
+                records.append((engine.steps, active))
+                if engine.steps == 3:
+                    paused.set()
+                    resume.wait(10)
+
+            engine.on_step = on_step
+            seqs = [engine.submit(Request([1, 2], greedy(10_000))) for _ in range(3)]
+            await asyncio.to_thread(paused.wait, 10)
+            seqs[0].cancel()
+            seqs[0].cancel()  # idempotent
+            resume.set()
+            assert await collect(seqs[0]) != []  # the tokens of steps 1..3, then the end
+            assert seqs[0].finish_reason == "cancelled"
+
+            original = engine._batch.step
+            cancelled_in: list[int] = []
+
+            def step_and_cancel(tokens: torch.Tensor) -> torch.Tensor:
+                if not cancelled_in:
+                    cancelled_in.append(engine.steps + 1)
+                    seqs[1].cancel()  # arrives while this step runs
+                return original(tokens)
+
+            engine._batch.step = step_and_cancel
+            await collect(seqs[1])
+            seqs[2].cancel()
+            await collect(seqs[2])
+            by_step = dict(records)
+            assert by_step[3] == 3 and by_step[4] == 2
+            assert by_step[cancelled_in[0] - 1] == 2 and by_step[cancelled_in[0]] == 1
+
+    asyncio.run(scenario())
+
+
+def test_queue_waits_above_max_batch_and_is_bounded() -> None:
+    model = make_model("lstm")
+
+    async def scenario() -> None:
+        async with running(model, max_batch=2, max_queue=3) as engine:
+            most = [0]
+            engine.on_step = lambda active, queued: most.__setitem__(0, max(most[0], active))
+            running_seqs = [engine.submit(Request([1], greedy(10_000))) for _ in range(2)]
+            while engine.active < 2:
+                await asyncio.sleep(0.001)
+            waiting = [engine.submit(Request([2], greedy(3))) for _ in range(3)]
+            assert engine.queued == 3
+            with pytest.raises(QueueFull, match="already waiting"):
+                engine.submit(Request([3], greedy(3)))
+            running_seqs[0].cancel()
+            running_seqs[1].cancel()
+            for seq in waiting:
+                assert len(await collect(seq)) == 3
+            assert most[0] == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_step_fails_its_sequences_and_the_engine_goes_on() -> None:
+    model = make_model("transformer")
+
+    async def scenario() -> None:
+        async with running(model) as engine:
+            seqs = [engine.submit(Request([1, 2, 3], greedy(50))) for _ in range(2)]
+            await seqs[0].__anext__()
+
+            def broken(tokens: torch.Tensor) -> torch.Tensor:
+                raise RuntimeError("device lost")
+
+            engine._batch.step = broken
+            for seq in seqs:
+                with pytest.raises(LmforgeError, match="device lost"):
+                    await collect(seq)
+            after = await collect(engine.submit(Request([1, 2, 3], greedy(5))))
+            assert [t.token for t in after] == [
+                int(t) for t in generate_ids(model, [1, 2, 3], greedy(5))
+            ]
+
+    asyncio.run(scenario())
+
+
+def test_call_runs_on_the_engine_thread_and_stop_ends_everything() -> None:
+    model = make_model("bigram")
+
+    async def scenario() -> None:
+        engine = Engine(model, name="tiny")
+        engine.start()
+        try:
+            assert (
+                await engine.call(lambda: threading.current_thread().name) == "lmforge-engine-tiny"
+            )
+            with pytest.raises(ZeroDivisionError):
+                await engine.call(lambda: 1 / 0)
+            endless = engine.submit(Request([1], greedy(10**9)))
+            await endless.__anext__()
+        finally:
+            await asyncio.to_thread(engine.stop, 0.05)
+        await collect(endless)
+        assert endless.finish_reason == "cancelled"
+        with pytest.raises(EngineStopped):
+            engine.submit(Request([1], greedy(1)))
+
+    asyncio.run(scenario())
