@@ -12,9 +12,9 @@ here (the README's screenshot comes from a trained model).
 
 from __future__ import annotations
 
+import base64
 import math
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.cli import main
+from lmforge.fileio import atomic_write_bytes
 from lmforge.generation import SampleConfig, generate, prompt_ids, score
 from lmforge.runs import load_run
 from tests.conftest import REPO
@@ -205,6 +206,45 @@ def test_the_playground_shows_the_server_s_errors(server_url, browser):
     assert not driver.find_elements(By.CSS_SELECTOR, "#dist-results tr")
 
 
+def test_the_page_asks_for_the_key_of_a_server_that_has_one(run_dir, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = browser
+    find = driver.find_element
+    with running_server([run_dir], api_key="sk-playground") as server:
+        driver.get(server.url + "/")
+        error = _wait(driver, lambda d: find(By.ID, "models-error").text)
+        assert "API key" in error
+        assert find(By.ID, "generate").get_attribute("disabled")
+        find(By.ID, "api-key").send_keys("sk-playground", Keys.TAB)
+        _wait(driver, lambda d: find(By.ID, "model").get_attribute("value") == run_dir.name)
+        assert find(By.ID, "models-error").text == ""
+        driver.refresh()  # the key is remembered
+        _wait(driver, lambda d: find(By.ID, "model").get_attribute("value") == run_dir.name)
+
+
+def test_an_empty_model_list_says_so(server_url, browser):
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    no_models = """
+        const realFetch = window.fetch;
+        window.fetch = (url, options) => String(url).endsWith("/v1/models")
+            ? Promise.resolve(new Response('{"object": "list", "data": []}'))
+            : realFetch(url, options);
+    """
+    script = driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": no_models})
+    try:
+        driver.get(server_url + "/")
+        error = _wait(driver, lambda d: d.find_element(By.ID, "models-error").text)
+        assert "serves no models" in error
+        assert driver.find_element(By.ID, "generate").get_attribute("disabled")
+        assert driver.find_element(By.ID, "score").get_attribute("disabled")
+    finally:
+        driver.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", script)
+
+
 def _showcase(driver: object, url: str, path: Path) -> None:
     """Save a PNG of the whole page, 1280 px wide, as a user first sees it: the page's own
     prompt and settings generated (seed 1), a token of middling probability picked, and the
@@ -215,19 +255,21 @@ def _showcase(driver: object, url: str, path: Path) -> None:
     _wait(driver, lambda d: d.find_element(By.ID, "model").get_attribute("value"))
     _fill(driver, "seed", "1")
     driver.find_element(By.ID, "generate").click()
-    _wait(driver, lambda d: d.find_element(By.ID, "stop").get_attribute("disabled"), timeout=120)
+    _wait(driver, lambda d: d.find_element(By.ID, "gen-stats").text, timeout=120)
     spans = driver.find_elements(By.CSS_SELECTOR, "#output .tok")
-    middling = [
-        s for s in spans[20:] if 0.1 < math.exp(float(s.get_attribute("data-logprob"))) < 0.4
-    ]
-    (middling or spans)[0].click()
+    probs = [math.exp(float(s.get_attribute("data-logprob"))) for s in spans]
+    middling = [s for s, p in zip(spans, probs, strict=True) if 0.1 < p < 0.4]
+    (middling[len(middling) // 2 :] or spans)[0].click()
     driver.find_element(By.ID, "score").click()
     _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#dist-results tr.dist-row"))
-    driver.execute_script("window.scrollTo(0, 0)")
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1280, height)
+
+    def emulate(height: int) -> None:
+        metrics = {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+
+    emulate(800)
+    emulate(driver.execute_script("return document.documentElement.scrollHeight"))
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})
+    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    driver.save_screenshot(str(tmp))
-    shutil.move(tmp, path)
-    driver.set_window_size(1280, 800)
+    atomic_write_bytes(path, base64.b64decode(shot["data"]))
