@@ -412,6 +412,13 @@ def test_a_damaged_description_is_a_clear_error(tok):
         tokenizer_from_dict({**data, "eos_token": 3})
 
 
+def test_kind_hf_is_not_trained():
+    from lmforge.tokenizers import train_tokenizer
+
+    with pytest.raises(TokenizerError, match="kind hf is not trained"):
+        train_tokenizer("hf", "some text")
+
+
 def test_run_config_takes_kind_hf_from_a_file():
     TokenizerConfig(kind="hf", file="RUN/tokenizer.json").validate()
     with pytest.raises(ConfigError, match="kind hf is read from its file"):

@@ -109,6 +109,14 @@ class HFTokenizer(Tokenizer):
         self._fast_checked = False
         self._byte_table: dict[str, int] | None = None
 
+    @classmethod
+    def train(cls, text: Any, **options: Any) -> HFTokenizer:
+        """Not possible: an ``hf`` tokenizer is a pretrained model's own."""
+        raise TokenizerError(
+            "a tokenizer of kind hf is not trained; load a model's own with "
+            "load_hf_tokenizer(DIR), or make a run from it with `lmforge import DIR --out RUN`"
+        )
+
     def _token_id(self, token: str | None, role: str) -> int | None:
         if token is None:
             return None
