@@ -71,7 +71,10 @@ class TokenizerConfig:
     def validate(self) -> None:
         """Raise a one-line error for an impossible setting."""
         if self.kind == "hf" and not self.file:
-            raise ConfigError("a tokenizer of kind hf comes from a file; import the model first")
+            raise ConfigError(
+                "a tokenizer of kind hf is read from its file; give --tokenizer-file, or make a "
+                "run from a Hugging Face model folder with `lmforge import DIR --out RUN`"
+            )
         if self.kind not in ("char", "word", "bpe", "hf"):
             raise ConfigError(f"--tokenizer must be char, word or bpe, not {self.kind!r}")
         if self.word_split not in ("words", "whitespace"):

@@ -9,6 +9,7 @@ SentencePiece-style BPE with byte fallback, ``▁`` and a ``<s>`` BOS, as Llama 
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,12 @@ def test_ids_identical_to_autotokenizer(tok, auto, text):
     assert tok.encode_array(text).tolist() == auto(text)["input_ids"]
 
 
+@FUZZ
+@given(text=st.text(max_size=80))
+def test_ids_identical_to_autotokenizer_on_any_text(tok, auto, text):
+    assert tok.encode(text) == auto(text)["input_ids"]
+
+
 def test_bos_and_eos_as_the_model_says(tok, auto, folder):
     assert (tok.bos_id, tok.eos_id) == (auto.bos_token_id, auto.eos_token_id)
     assert tok.add_bos == (_style(folder) != "gpt2")
@@ -228,6 +235,31 @@ def test_scoring_never_puts_a_bos_inside(tok):
     assert context == ([tok.bos_id] if tok.add_bos else tok.encode("\n"))
     assert target == tok.encode_continuation("Speak")
     assert prompt_ids(tok, "") == context
+
+
+def test_gpt2_style_encodes_with_lmforge_bpe_to_the_same_ids(tok, folder, monkeypatch):
+    assert (tok.fast_path() is not None) == (_style(folder) == "gpt2")
+    text = _training_text()[:50_000] + "".join(HARD_TEXTS)
+    library = tok._backend.encode(text, add_special_tokens=True).ids
+    assert tok.encode(text) == library
+    monkeypatch.setenv("LMFORGE_HF_ENGINE", "tokenizers")
+    assert load_hf_tokenizer(folder).fast_path() is None
+
+
+@FUZZ
+@given(
+    text=st.lists(
+        st.sampled_from(
+            ["a", "b", " ", "  ", "\n", "\t", "é", "漢", "😀", "'s", ".", "12", "<|endoftext|>"]
+        ),
+        max_size=30,
+    ).map("".join)
+)
+def test_lmforge_bpe_matches_the_library_on_any_text(folder, text):
+    tok = load_hf_tokenizer(folder)
+    plain = tok._plain_backend().encode(text, add_special_tokens=False).ids
+    assert tok.encode(text) == tok._backend.encode(text).ids
+    assert tok.encode_chunk(text, "plain").tolist() == plain
 
 
 # --- special-token text in a corpus ---------------------------------------------------------
@@ -313,8 +345,21 @@ def test_load_of_save_is_the_same_tokenizer(tok, tmp_path):
     assert data["kind"] == "hf" and data["tokenizer"]["model"]["type"] == "BPE"
     assert isinstance(loaded, HFTokenizer) and loaded == tok and loaded.to_json() == tok.to_json()
     assert (loaded.bos_id, loaded.eos_id, loaded.add_bos) == (tok.bos_id, tok.eos_id, tok.add_bos)
+    assert pickle.loads(pickle.dumps(tok)) == tok  # worker processes get it this way
     for text in HARD_TEXTS:
         assert loaded.encode(text) == tok.encode(text)
+
+
+def test_export_gives_back_a_folder_autotokenizer_reads_alike(tok, tmp_path):
+    from transformers import AutoTokenizer
+
+    from lmforge.tokenizers.export import save_hf_tokenizer_dir
+
+    save_hf_tokenizer_dir(tok, tmp_path)
+    assert load_hf_tokenizer(tmp_path) == tok
+    auto = AutoTokenizer.from_pretrained(tmp_path)
+    for text in HARD_TEXTS:
+        assert auto(text)["input_ids"] == tok.encode(text)
 
 
 def test_token_text_for_tables(tok, folder):
@@ -367,7 +412,14 @@ def test_a_damaged_description_is_a_clear_error(tok):
         tokenizer_from_dict({**data, "eos_token": 3})
 
 
+def test_kind_hf_is_not_trained():
+    from lmforge.tokenizers import train_tokenizer
+
+    with pytest.raises(TokenizerError, match="kind hf is not trained"):
+        train_tokenizer("hf", "some text")
+
+
 def test_run_config_takes_kind_hf_from_a_file():
     TokenizerConfig(kind="hf", file="RUN/tokenizer.json").validate()
-    with pytest.raises(ConfigError, match="kind hf comes from a file"):
+    with pytest.raises(ConfigError, match="kind hf is read from its file"):
         TokenizerConfig(kind="hf").validate()

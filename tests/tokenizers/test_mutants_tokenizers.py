@@ -64,7 +64,7 @@ def test_the_base_class_defaults():
     assert CharTokenizer.train("ab") != CharTokenizer.train("abc")
     assert CharTokenizer.train("ab") != tok
     assert CharTokenizer.train("ab").stream_decoder().flush() == ""
-    assert tokenizer_kinds() == ["bpe", "char", "word"]
+    assert tokenizer_kinds() == ["bpe", "char", "hf", "word"]
 
 
 def test_whitespace_split_is_kept_by_training_and_saving():

@@ -43,6 +43,7 @@ from lmforge.tokenizers.base import (
     special_text_options,
     token_dtype,
 )
+from lmforge.tokenizers.hf_fast import ByteLevelFastPath, byte_level_fast_path
 from lmforge.tokenizers.pretokenize import PATTERNS, SpecialSplitter
 
 HF_TOKENIZER_FILE = "tokenizer.json"
@@ -98,11 +99,23 @@ class HFTokenizer(Tokenizer):
         vocab = self._backend.get_vocab(with_added_tokens=True)
         self._vocab_size = max(vocab.values(), default=-1) + 1
         self.special = sorted(t["content"] for t in self.spec["added_tokens"] if t["special"])
+        self._added = frozenset(t["content"] for t in self.spec["added_tokens"])
+        self._added_plain = self._added - set(self.special)  # still matched in "plain" mode
         self._special_ids = {vocab[s] for s in self.special}
         self._prefix, self._suffix = self._added_ids()
         self.byte_fallback_ids = self._byte_fallback_ids()
         self._plain: Any = None
+        self._fast: ByteLevelFastPath | None = None
+        self._fast_checked = False
         self._byte_table: dict[str, int] | None = None
+
+    @classmethod
+    def train(cls, text: Any, **options: Any) -> HFTokenizer:
+        """Not possible: an ``hf`` tokenizer is a pretrained model's own."""
+        raise TokenizerError(
+            "a tokenizer of kind hf is not trained; load a model's own with "
+            "load_hf_tokenizer(DIR), or make a run from it with `lmforge import DIR --out RUN`"
+        )
 
     def _token_id(self, token: str | None, role: str) -> int | None:
         if token is None:
@@ -124,8 +137,11 @@ class HFTokenizer(Tokenizer):
 
     def _added_ids(self) -> tuple[list[int], list[int]]:
         """The ids the post-processor puts before and after a text's own."""
-        bare = self._backend.encode("a", add_special_tokens=False).ids
-        full = self._backend.encode("a", add_special_tokens=True).ids
+        for probe in ("a", "0", " ", "\n"):
+            bare = self._backend.encode(probe, add_special_tokens=False).ids
+            if bare:
+                break
+        full = self._backend.encode(probe, add_special_tokens=True).ids
         for start in range(len(full) - len(bare) + 1):
             if full[start : start + len(bare)] == bare:
                 return full[:start], full[start + len(bare) :]
@@ -200,12 +216,26 @@ class HFTokenizer(Tokenizer):
         """Text → ids, as the model's ``AutoTokenizer`` gives them: special tokens added as
         the tokenizer's post-processor says (BOS for Llama 2), special-token text → its id."""
         check_encodable(text)
+        fast = self.fast_path()
+        if fast is not None:
+            return self._prefix + fast.encode(text, self._added) + self._suffix
         return self._backend.encode(text, add_special_tokens=True).ids
 
     def encode_continuation(self, text: str) -> list[int]:
         """Text → ids without the BOS/EOS that :meth:`encode` adds."""
         check_encodable(text)
+        fast = self.fast_path()
+        if fast is not None:
+            return fast.encode(text, self._added)
         return self._backend.encode(text, add_special_tokens=False).ids
+
+    def fast_path(self) -> ByteLevelFastPath | None:
+        """lmforge's BPE encoder for a GPT-2-style tokenizer (same ids, faster), or ``None``
+        (see :mod:`lmforge.tokenizers.hf_fast`). Chosen once, on first use."""
+        if not self._fast_checked:
+            self._fast = byte_level_fast_path(self.spec)
+            self._fast_checked = True
+        return self._fast
 
     def encode_array(self, text: str) -> np.ndarray:
         ids = self.encode(text)
@@ -246,8 +276,12 @@ class HFTokenizer(Tokenizer):
             check_encodable(text)
             if special_text == "error":
                 self._refuse_special(text)
-        backend = self._plain_backend() if special_text == "plain" else self._backend
         dtype = token_dtype(self.vocab_size)
+        fast = self.fast_path()
+        if fast is not None:
+            added = self._added_plain if special_text == "plain" else self._added
+            return [np.asarray(fast.encode(text, added), dtype=dtype) for text in texts]
+        backend = self._plain_backend() if special_text == "plain" else self._backend
         encodings = backend.encode_batch(texts, add_special_tokens=False)
         return [np.asarray(e.ids, dtype=dtype) for e in encodings]
 
