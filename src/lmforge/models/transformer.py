@@ -223,7 +223,7 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.dropout = config.dropout
         kv_width = config.kv_heads * config.head_size
-        self.qkv_split = [config.n_embd, kv_width, kv_width]
+        self.qk_v_split = [config.n_embd + kv_width, kv_width]
         self.c_attn = Conv1D(config.n_embd, config.n_embd + 2 * kv_width, bias=config.qkv_bias)
         self.c_proj = Conv1D(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -237,12 +237,12 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         b, t, c = x.shape
         head = c // self.n_head
-        q, k, v = self.c_attn(x).split(self.qkv_split, dim=2)
-        q = q.view(b, t, self.n_head, head).transpose(1, 2)  # [B, H, T, D]
-        k = k.view(b, t, self.n_kv_head, head).transpose(1, 2)  # [B, H_kv, T, D]
+        qk, v = self.c_attn(x).split(self.qk_v_split, dim=2)
+        qk = qk.view(b, t, self.n_head + self.n_kv_head, head).transpose(1, 2)
+        if rotary is not None:  # queries and keys in one go
+            qk = apply_rotary(qk, *rotary)
+        q, k = qk.split([self.n_head, self.n_kv_head], dim=1)  # [B, H, T, D], [B, H_kv, T, D]
         v = v.view(b, t, self.n_kv_head, head).transpose(1, 2)
-        if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         past = cache.length
         k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
