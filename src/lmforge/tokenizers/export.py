@@ -8,8 +8,6 @@ Every kind is covered:
   rank order, the special tokens as added tokens, a ``ByteLevel`` decoder.
 - ``char``: a ``WordLevel`` model over single characters (each code point is a piece), decoded
   by concatenation.
-- ``hf`` (a model's own tokenizer, see :mod:`lmforge.tokenizers.hf`): the ``tokenizer.json``
-  it came from, with its BOS and EOS tokens.
 - ``word``: a ``WordLevel`` model over lmforge's word pattern (with ``\\w`` and ``\\s`` spelled
   out as Python understands them), lowercasing when the tokenizer does, and a decoder that
   reproduces lmforge's spacing: single spaces between tokens, none before closing punctuation
@@ -78,8 +76,8 @@ def byte_level_token(data: bytes) -> str:
 
 
 def hf_tokenizer_dict(tokenizer: Tokenizer) -> dict[str, Any]:
-    """The ``tokenizer.json`` content for ``tokenizer`` (a ``bpe``, ``char``, ``word`` or
-    ``hf`` one)."""
+    """The ``tokenizer.json`` content for ``tokenizer`` (a ``bpe``, ``char`` or ``word`` one;
+    an ``hf`` one gives back the file it was made from)."""
     builders = {"bpe": _bpe_dict, "char": _char_dict, "word": _word_dict, "hf": _hf_dict}
     if tokenizer.kind not in builders:
         raise TokenizerError(
@@ -146,14 +144,13 @@ def _special_roles(tokenizer: Tokenizer) -> dict[str, str]:
     if tokenizer.kind == "word" and tokenizer.unk_id is not None:  # type: ignore[attr-defined]
         return {"unk_token": UNK}
     if tokenizer.kind == "hf":
-        names = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token}  # type: ignore[attr-defined]
-        return {role: name for role, name in names.items() if name is not None}
+        bos, eos = tokenizer.bos_token, tokenizer.eos_token  # type: ignore[attr-defined]
+        return {role: t for role, t in (("bos_token", bos), ("eos_token", eos)) if t is not None}
     return {}
 
 
-def _hf_dict(tokenizer: Any) -> dict[str, Any]:
-    """A model's own tokenizer is written back as it came (``load(save(t))`` kept it whole)."""
-    return json.loads(json.dumps(tokenizer.spec))
+def _hf_dict(tokenizer: Tokenizer) -> dict[str, Any]:
+    return tokenizer.spec  # type: ignore[attr-defined]
 
 
 # --- the three kinds --------------------------------------------------------------------------
