@@ -11,7 +11,9 @@
 # the exact validation loss of `lmforge eval`.
 #
 # With two or more GPUs it then checks torchrun on NCCL: a 2-process run of the same model for
-# 300 steps, evaluating (an all-reduce) every 100, must exit 0 on both ranks. With fewer GPUs it
+# 300 steps, evaluating (an all-reduce) every 100, must exit 0 on both ranks; then fine-tunes
+# that run for 50 steps (bfloat16) with --strategy ddp and --strategy fsdp, which must log the
+# same losses (within 1e-2: bfloat16 and NCCL reduce in different orders). With fewer GPUs it
 # says that it skips this part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,3 +51,21 @@ if [ "$status" -ne 0 ]; then
 fi
 tail -n 1 "$OUT-2gpu/metrics.jsonl"
 echo "torchrun check passed"
+
+echo "fsdp check: fine-tuning $OUT-2gpu with --strategy ddp and fsdp on 2 processes"
+for strategy in ddp fsdp; do
+    $PYTHON -m torch.distributed.run --standalone --nproc_per_node 2 -m lmforge train \
+        --init-from "$OUT-2gpu" --corpus tinyshakespeare --device cuda --dtype bfloat16 \
+        --strategy "$strategy" --dropout 0 --learning-rate 1e-4 --lr-schedule constant \
+        --warmup-steps 0 --max-steps 50 --eval-interval 25 --log-interval 5 \
+        --out "$OUT-$strategy" --overwrite --quiet
+done
+$PYTHON - "$OUT-ddp" "$OUT-fsdp" <<'CHECK'
+import json, sys
+ddp, fsdp = ([json.loads(line) for line in open(f"{run}/metrics.jsonl")] for run in sys.argv[1:])
+worst = max(abs(a[key] - b[key]) for a, b in zip(ddp, fsdp, strict=True)
+            for key in ("train_loss", "val_loss") if a.get(key) is not None)
+print(f"fsdp vs ddp: largest loss difference {worst:.2e} over {len(ddp)} records")
+sys.exit(0 if worst < 1e-2 else 1)
+CHECK
+echo "fsdp check passed"

@@ -64,6 +64,13 @@ def test_a_fine_tune_starts_from_the_source_and_lowers_its_loss_on_the_new_corpu
     before, after = load_file(source / "best.safetensors"), load_file(start / "model.safetensors")
     assert before.keys() == after.keys()
     assert all(torch.equal(before[name], after[name]) for name in before)
+    # repeated from its config.json: the same source, model and tokenizer
+    again = tmp_path / "again"
+    assert (
+        main(["train", "--config", str(start / "config.json"), "--out", str(again), "--quiet"]) == 0
+    )
+    assert load_file(again / "model.safetensors").keys() == before.keys()
+    assert (again / "tokenizer.json").read_bytes() == (source / "tokenizer.json").read_bytes()
 
     tuned = tmp_path / "tuned"
     flags = ["--max-steps", "30", "--learning-rate", "3e-3", "--warmup-steps", "0"]

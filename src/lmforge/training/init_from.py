@@ -153,11 +153,15 @@ def init_from_settings(layered: dict[str, Any]) -> dict[str, Any]:
         # a preset brings its training settings; its shape must be the source's
         _check_model(init_from, source_model, transformer_preset(preset, {})["model"], "--preset")
     _check_model(init_from, source_model, given_model, None)
-    _check_tokenizer(init_from, layered.get("tokenizer", {}), str(tokenizer_file))
+    _check_tokenizer(init_from, layered.get("tokenizer", {}), str(tokenizer_file), tokenizer.kind)
     model = {**source_model, **{k: v for k, v in given_model.items() if k in FREE_MODEL_OPTIONS}}
     if preset is not None:
         model["preset"] = preset
-    tokenizer_settings = {**layered.get("tokenizer", {}), "file": str(tokenizer_file)}
+    tokenizer_settings = {
+        **layered.get("tokenizer", {}),
+        "kind": tokenizer.kind,
+        "file": str(tokenizer_file),
+    }
     return {**layered, "model": model, "tokenizer": tokenizer_settings}
 
 
@@ -175,13 +179,13 @@ def _check_model(
         )
 
 
-def _check_tokenizer(init_from: str, given: dict[str, Any], source_file: str) -> None:
+def _check_tokenizer(init_from: str, given: dict[str, Any], source_file: str, kind: str) -> None:
     defaults = dataclasses.asdict(TokenizerConfig())
+    # a repeated fine-tune (--config of its config.json) names the source's file and kind
+    source = {"file": source_file, "kind": kind}
     for name, value in given.items():
-        if name in FREE_TOKENIZER_OPTIONS or value == defaults.get(name, value):
+        if name in FREE_TOKENIZER_OPTIONS or value in (defaults.get(name, value), source.get(name)):
             continue
-        if name == "file" and value == source_file:
-            continue  # a repeated fine-tune (--config of its config.json)
         flag = {"kind": "--tokenizer", "file": "--tokenizer-file"}.get(
             name, "--" + name.replace("_", "-")
         )
