@@ -252,6 +252,20 @@ FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# The training settings of the presets sized for a laptop CPU (tiny, llama).
+CPU_TRAINING: dict[str, Any] = {
+    "batch_size": 32,
+    "block_size": 128,
+    "max_steps": 2000,
+    "learning_rate": 2e-3,
+    "min_lr": 2e-4,
+    "warmup_steps": 100,
+    "weight_decay": 0.1,
+    "beta2": 0.99,
+    "eval_interval": 250,
+    "eval_iters": 20,
+}
+
 # Transformer presets (`--preset NAME`): a shape and the training settings that suit it.
 TRANSFORMER_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # trains well in minutes on a laptop CPU (the default there)
@@ -264,18 +278,7 @@ TRANSFORMER_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "bias": False,
             "position": "rotary",
         },
-        "train": {
-            "batch_size": 32,
-            "block_size": 128,
-            "max_steps": 2000,
-            "learning_rate": 2e-3,
-            "min_lr": 2e-4,
-            "warmup_steps": 100,
-            "weight_decay": 0.1,
-            "beta2": 0.99,
-            "eval_interval": 250,
-            "eval_iters": 20,
-        },
+        "train": dict(CPU_TRAINING),
     },
     # nanoGPT's shakespeare-char model: minutes on one GPU (the default there)
     "small": {
@@ -339,18 +342,7 @@ TRANSFORMER_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "bias": False,
             "position": "rotary",
         },
-        "train": {
-            "batch_size": 32,
-            "block_size": 128,
-            "max_steps": 2000,
-            "learning_rate": 2e-3,
-            "min_lr": 2e-4,
-            "warmup_steps": 100,
-            "weight_decay": 0.1,
-            "beta2": 0.99,
-            "eval_interval": 250,
-            "eval_iters": 20,
-        },
+        "train": dict(CPU_TRAINING),
     },
 }
 FAMILY_DEFAULTS["transformer"] = TRANSFORMER_PRESETS["tiny"]
