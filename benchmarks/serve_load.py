@@ -68,9 +68,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(runs: list[Path], port: int, max_batch: int) -> subprocess.Popen:
+def start_server(
+    runs: list[Path], port: int, max_batch: int, threads: int | None
+) -> subprocess.Popen:
     command = [sys.executable, "-m", "lmforge", "serve", *map(str, runs)]
     command += ["--port", str(port), "--max-batch", str(max_batch)]
+    if threads is not None:
+        command += ["--threads", str(threads)]
     server = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -194,15 +198,22 @@ def main() -> None:
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 8, 32, 64])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the sample peer")
+    parser.add_argument(
+        "--server-threads", type=int, help="lmforge serve --threads (default: torch's)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         runs = args.runs or train_runs(Path(tmp), args.train_steps)
         text = resolve_corpus("tinyshakespeare").read()
         port = free_port()
-        server = start_server(runs, port, max_batch=max(args.clients))
+        server = start_server(runs, port, max(args.clients), args.server_threads)
         try:
-            print(f"machine: {os.cpu_count()} CPUs; {args.tokens} new tokens per client\n")
+            threads = args.server_threads or "torch's default"
+            print(
+                f"machine: {os.cpu_count()} CPUs; {args.tokens} new tokens per client; "
+                f"server threads: {threads}\n"
+            )
             print("| model | clients | tok/s | vs 1 | TTFT p50/p99 ms | ITL p50/p99 ms | errors |")
             print("|---|---|---|---|---|---|---|")
             for run in runs:

@@ -271,6 +271,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_tokens_limit=args.max_tokens_limit,
         device=args.device,
         checkpoint=args.checkpoint,
+        threads=args.threads,
     )
 
 
@@ -628,6 +629,13 @@ def _add_serve_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--max-tokens-limit", type=int, default=4096, help="the largest max_tokens (4096)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for generation (default: torch's, one per core); 1 often serves a "
+        "small model faster on a CPU that also runs its clients",
     )
     _add_run_options(p)
     p.set_defaults(func=cmd_serve)

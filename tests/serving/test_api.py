@@ -362,6 +362,7 @@ def test_serve_command_errors_are_one_line(runs, tmp_path, capsys, monkeypatch):
         ([str(tmp_path / "missing")], "run directory not found"),
         ([str(runs[0]), str(runs[0])], "both be served"),
         ([str(runs[0]), "--max-batch", "0"], "--max-batch must be at least 1"),
+        ([str(runs[0]), "--threads", "0"], "--threads must be at least 1"),
         ([str(runs[0]), "--api-key", " "], "the API key is empty"),
     ]
     for args, expected in cases:

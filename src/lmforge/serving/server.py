@@ -71,8 +71,10 @@ def serve(
     device: str | None = None,
     checkpoint: str = "best",
     drain_seconds: float = 10.0,
+    threads: int | None = None,
 ) -> int:
-    """Serve ``runs`` until Ctrl-C or SIGTERM; returns the exit code 0."""
+    """Serve ``runs`` until Ctrl-C or SIGTERM; returns the exit code 0. ``threads``: torch's
+    intra-op threads for the engines (None: torch's default)."""
     from lmforge.runs import load_run
     from lmforge.serving.app import ServedModel, Settings, create_app
     from lmforge.serving.engine import Engine
@@ -84,9 +86,15 @@ def serve(
     ):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be in 0..65535 (0: any free port), got {port}")
     names = model_names(runs)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     served = []
     for name, run_dir in zip(names, runs, strict=True):
         run = load_run(run_dir, checkpoint=checkpoint, device=device)
