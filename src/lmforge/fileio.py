@@ -7,6 +7,7 @@ new one, never a torn mix.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -125,3 +126,15 @@ def atomic_write_with(target: str | os.PathLike[str], write: Callable[[Path], An
     such as ``safetensors`` or ``torch.save`` that want a path of their own."""
     with atomic_path(target) as tmp:
         write(tmp)
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the block: processes that
+    prepare the same thing (torchrun ranks, parallel runs) do it one at a time."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

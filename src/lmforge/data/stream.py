@@ -15,14 +15,12 @@ memmap([18, 47, 56, 57, 58], dtype=uint16)
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 from collections import deque
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -40,7 +38,7 @@ from lmforge.data.reader import (
     total_bytes,
 )
 from lmforge.errors import CorpusError, LmforgeError
-from lmforge.fileio import atomic_write_json, cache_dir
+from lmforge.fileio import atomic_write_json, cache_dir, file_lock
 from lmforge.tokenizers.base import Tokenizer, special_text_options, token_dtype
 from lmforge.tokenizers.parallel import available_cpus
 
@@ -269,7 +267,7 @@ def encode_corpus(
     if stream is not None:
         return stream
     base.mkdir(parents=True, exist_ok=True)
-    with _locked(base / f".{key}.lock"):
+    with file_lock(base / f".{key}.lock"):
         stream = _finished_stream(directory)  # another process may have finished it meanwhile
         if stream is not None:
             return stream
@@ -295,16 +293,6 @@ def _finished_stream(directory: Path) -> TokenStream | None:
     except (json.JSONDecodeError, OSError):
         shutil.rmtree(directory, ignore_errors=True)
         return None
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_splits(

@@ -15,15 +15,12 @@ that contradict the source's shape are an error; dropout may change.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +28,7 @@ from torch import nn
 
 from lmforge.config import TokenizerConfig
 from lmforge.errors import ConfigError
-from lmforge.fileio import cache_dir
+from lmforge.fileio import cache_dir, file_lock
 
 # model options a fine-tune may set differently from its source (they change no weight's shape)
 FREE_MODEL_OPTIONS = frozenset({"dropout"})
@@ -80,7 +77,7 @@ def _imported(folder: Path) -> Path:
     if (target / "config.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f".{target.name}.lock"):
+    with file_lock(root / f".{target.name}.lock"):
         if (target / "config.json").is_file():  # another process imported it meanwhile
             return target
         scratch = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
@@ -100,16 +97,6 @@ def _folder_key(folder: Path) -> str:
         stat = path.stat()
         digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def source_weights(run_dir: Path) -> Path:
