@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 
-from lmforge import __version__
 from lmforge.hf_checkpoint import (
     NOT_WEIGHTS,
     ModelImportError,
@@ -194,7 +193,8 @@ def imported_run_config(model: Any, tokenizer: Any, out: Path, source: dict[str,
     """The ``config.json`` of an imported run: what a trained run's holds (see
     :func:`lmforge.training.run_dir.run_config_json`), with no corpus, and ``source``."""
     from lmforge.config import RunConfig, TokenizerConfig, TrainConfig
-    from lmforge.runs import SCHEMA_VERSION, TOKENIZER_FILE
+    from lmforge.runs import TOKENIZER_FILE
+    from lmforge.training.run_dir import run_header
 
     window = min(model.config.block_size, IMPORTED_WINDOW)
     settings = RunConfig(
@@ -204,13 +204,7 @@ def imported_run_config(model: Any, tokenizer: Any, out: Path, source: dict[str,
         train=TrainConfig(block_size=window, batch_size=IMPORTED_BATCH),
     )
     return {
-        "schema_version": SCHEMA_VERSION,
-        "lmforge_version": __version__,
-        "model": model.config_dict(),
-        "vocab_size": tokenizer.vocab_size,
-        "tokenizer_kind": tokenizer.kind,
-        "block_size": window,
-        "parameters": model.num_parameters(),
+        **run_header(model, tokenizer, window),
         "corpus": None,
         "data": {},
         "token_stream": None,

@@ -64,6 +64,20 @@ def remove_torn_writes(run_dir: Path) -> None:
             torn.unlink(missing_ok=True)
 
 
+def run_header(model: LanguageModel, tokenizer: Tokenizer, block_size: int) -> dict[str, Any]:
+    """The entries every run's ``config.json`` opens with, trained or imported: schema and
+    lmforge versions, the model, the vocabulary, the training window and the size."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "lmforge_version": __version__,
+        "model": model.config_dict(),
+        "vocab_size": tokenizer.vocab_size,
+        "tokenizer_kind": tokenizer.kind,
+        "block_size": block_size,
+        "parameters": model.num_parameters(),
+    }
+
+
 def run_config_json(
     config: RunConfig,
     model: LanguageModel,
@@ -73,13 +87,7 @@ def run_config_json(
 ) -> dict[str, Any]:
     """The contents of ``config.json``."""
     return {
-        "schema_version": SCHEMA_VERSION,
-        "lmforge_version": __version__,
-        "model": model.config_dict(),
-        "vocab_size": tokenizer.vocab_size,
-        "tokenizer_kind": tokenizer.kind,
-        "block_size": config.train.block_size,
-        "parameters": model.num_parameters(),
+        **run_header(model, tokenizer, config.train.block_size),
         "corpus": config.data.corpus,
         "data": {
             split: {"tokens": stream.num_tokens(split), "chars": stream.num_chars(split)}
