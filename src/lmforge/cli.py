@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -659,7 +660,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for a user error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        code = _run_command(args.func, args)
+    except BaseException as exc:
+        if not _joined_a_job():
+            raise
+        code = _exit_code_after(exc)
+    if _joined_a_job():
+        from lmforge.training.distributed import exit_without_teardown
+
+        exit_without_teardown(code)
+    return code
+
+
+def _run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run one subcommand, turning lmforge's own errors into one line and an exit code."""
     try:
         return func(args)
     except LmforgeError as exc:
@@ -672,3 +687,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()
         return 0
+
+
+def _joined_a_job() -> bool:
+    """Whether this process joined a torchrun job (without importing torch to find out)."""
+    module = sys.modules.get("lmforge.training.distributed")
+    return module is not None and module.joined_a_job()
+
+
+def _exit_code_after(exc: BaseException) -> int:
+    """The exit code Python itself would give ``exc``, its traceback printed as Python would."""
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    traceback.print_exception(exc)
+    return 1

@@ -155,8 +155,10 @@ sys.exit(main(args))
 
 
 GLOO_THREADS_LEFT = """
-import os, sys
+import atexit, os, sys
 from lmforge.cli import main
+
+atexit.register(print, "interpreter teardown ran", file=sys.stderr)
 
 code = main(sys.argv[1:])
 names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
@@ -221,6 +223,7 @@ def test_no_gloo_thread_outlives_a_two_process_training(tiny_corpus, tmp_path):
     for code, error in run_two_ranks(script, *train, "--max-steps", "2", *TINY_TRANSFORMER):
         assert code == 0, error[-3000:]
         assert "gloo threads left: []" in error, error[-3000:]
+        assert "interpreter teardown ran" not in error
 
 
 @pytest.mark.skipif(not GLOO_AVAILABLE, reason="no gloo backend")
@@ -247,3 +250,34 @@ def test_a_rank_that_lost_its_peer_says_so_in_one_line(monkeypatch):
         raise RuntimeError(lost)
     with pytest.raises(RuntimeError, match="a bug"), distributed.process_group("cpu"):
         raise RuntimeError("a bug")
+
+
+EXIT_AFTER_A_JOB = """
+import atexit, sys
+import lmforge.cli
+from lmforge.training import distributed
+
+atexit.register(print, "interpreter teardown ran", file=sys.stderr)
+distributed._joined_a_job = True  # what init_distributed records once it joins a job
+if sys.argv[1] == "crash":
+    lmforge.cli._run_command = lambda *_: 1 / 0
+sys.exit(lmforge.cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("how", "code", "says"),
+    [("error", 2, "lmforge: error: run directory not found"), ("crash", 1, "ZeroDivisionError")],
+)
+def test_a_rank_that_joined_a_job_exits_with_its_code_and_skips_teardown(
+    how, code, says, tmp_path
+):
+    # Backend threads that a failed peer leaves behind abort the interpreter's teardown.
+    script = tmp_path / "rank.py"
+    script.write_text(EXIT_AFTER_A_JOB)
+    command = [sys.executable, str(script), how, "sample", "no-such-run"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == code, done.stderr[-3000:]
+    assert says in done.stderr
+    assert ("Traceback" in done.stderr) == (how == "crash")
+    assert "interpreter teardown ran" not in done.stderr

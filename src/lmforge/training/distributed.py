@@ -15,10 +15,12 @@ backend serves (NCCL accepts only tensors on the process's own GPU).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import importlib
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -84,6 +86,8 @@ def init_distributed(device_request: str | None) -> DistributedInfo:
         # binding the GPU lets barrier() and the object collectives use it without guessing
         bound = device if backend == "nccl" else None
         dist.init_process_group(backend=backend, device_id=bound)
+        global _joined_a_job
+        _joined_a_job = True
     return DistributedInfo(rank, local_rank, world_size, device)
 
 
@@ -120,6 +124,32 @@ def shutdown_distributed(info: DistributedInfo) -> None:
     """Leave the process group (end of training)."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+_joined_a_job = False
+
+
+def joined_a_job() -> bool:
+    """Whether this process has joined a multi-process job (and so holds backend threads)."""
+    return _joined_a_job
+
+
+def exit_without_teardown(code: int) -> None:
+    """End the process with ``code`` when the interpreter exits, skipping its teardown.
+
+    A rank whose peer failed mid-collective is left with backend threads that nothing can
+    join; tearing the interpreter and torch's C++ state down under them aborts the process
+    ("terminate called without an active exception"). Every file lmforge writes is closed
+    by then, so only the standard streams need flushing.
+    """
+    atexit.register(_exit_now, code)
+
+
+def _exit_now(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def barrier(info: DistributedInfo) -> None:
