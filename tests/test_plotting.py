@@ -18,7 +18,7 @@ from lmforge.embedding_map import (
     printable,
 )
 from lmforge.errors import ConfigError
-from lmforge.plotting import train_token_counts
+from lmforge.plotting import most_frequent, train_token_counts
 from lmforge.runs import load_run, read_run_config
 from lmforge.token_classes import char_class, piece_class, token_classes, word_class
 
@@ -136,6 +136,17 @@ def test_tokens_are_found_as_spelled_or_as_shown():
     # too few defaults: the most frequent tokens fill up to three
     assert default_queries(["a", "x", "y", "z"], "char", [3, 0, 1, 2]) == [0, 3, 1]
     assert default_queries(["x", "the", "y"], "word", [2, 0, 1]) == [1, 2, 0]
+
+
+def test_the_map_of_a_large_vocabulary_keeps_the_most_frequent_tokens():
+    counts = np.array([5, 9, 0, 9, 7, 1])
+    assert most_frequent(counts, 6, 3) == ([1, 3, 4], "the 3 most frequent of 6 tokens")
+    assert most_frequent(counts, 6, 6) == ([0, 1, 2, 3, 4, 5], "all 6 tokens")
+    assert most_frequent(None, 6, 2) == (
+        [0, 1],
+        "the first 2 of 6 tokens in vocabulary order (no token counts: the run's token cache "
+        "is gone)",
+    )
 
 
 def _train(corpus, out, *model):

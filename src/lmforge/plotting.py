@@ -107,8 +107,13 @@ def train_token_counts(config: dict[str, Any], vocab_size: int) -> np.ndarray | 
     return counts[:vocab_size]
 
 
-def _most_frequent(counts: np.ndarray | None, vocab_size: int, limit: int) -> tuple[list[int], str]:
-    """The ids of at most ``limit`` tokens, most frequent first, and a phrase saying which."""
+def most_frequent(counts: np.ndarray | None, vocab_size: int, limit: int) -> tuple[list[int], str]:
+    """The ids of at most ``limit`` tokens, most frequent first (ties: lower id first; without
+    ``counts``, the first ids), and a phrase for a title saying which they are.
+
+    >>> most_frequent(np.array([5, 9, 0, 9]), 4, 2)
+    ([1, 3], 'the 2 most frequent of 4 tokens')
+    """
     if vocab_size <= limit:
         return list(range(vocab_size)), f"all {vocab_size:,} tokens"
     if counts is None:
@@ -150,7 +155,7 @@ def plot_run(
 
     paths = [target / "loss.png", target / "embeddings.png", target / "neighbours.txt"]
     plot_losses(records, paths[0], name)
-    shown, which = _most_frequent(counts, len(tokens), emap.MAX_MAP_TOKENS)
+    shown, which = most_frequent(counts, len(tokens), emap.MAX_MAP_TOKENS)
     shown.sort()  # draw in vocabulary order: the same picture whatever the counts' ties
     classes, class_names = token_classes([tokens[i] for i in shown], kind)
     table = "rows of the I×I logit table" if run.model.family == "bigram" else "input embeddings"
@@ -169,7 +174,7 @@ def plot_run(
     atomic_write_text(paths[2], text + "\n")
     if run.model.family == "bigram":
         paths.append(target / "bigram.png")
-        heat_ids, which = _most_frequent(counts, len(tokens), emap.MAX_HEATMAP_TOKENS)
+        heat_ids, which = most_frequent(counts, len(tokens), emap.MAX_HEATMAP_TOKENS)
         heat_ids.sort()
         logits = weight.astype(np.float64)
         probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
