@@ -20,7 +20,7 @@ from lmforge.errors import ConfigError
 from lmforge.plotting import pyplot, save_png
 
 NEIGHBOURS = 5
-MAX_MAP_TOKENS = 300  # word and BPE maps: this many of the most frequent tokens
+MAX_MAP_TOKENS = 200  # word and BPE maps: this many of the most frequent tokens (readable)
 MAX_HEATMAP_TOKENS = 96  # the bigram heat-map keeps every label readable up to this size
 DEFAULT_QUERIES = {
     "char": ["a", "e", "A", "t", ".", "\n", "1"],
@@ -142,7 +142,7 @@ def plot_embedding_map(
     legend of the classes present (and how many tokens each has)."""
     plt = pyplot()
     crowded = len(labels) > 100
-    fig, ax = plt.subplots(figsize=(13, 11) if crowded else (10, 9))
+    fig, ax = plt.subplots(figsize=(14, 12) if crowded else (10, 9))
     for name in class_names:
         members = [i for i, c in enumerate(classes) if c == name]
         if not members:
