@@ -15,6 +15,7 @@ from lmforge.embedding_map import (
     default_queries,
     find_tokens,
     neighbours_table,
+    next_token_probabilities,
     printable,
 )
 from lmforge.errors import ConfigError
@@ -219,6 +220,13 @@ def test_an_unknown_neighbours_token_is_a_one_line_error(char_corpus, tmp_path, 
     assert captured.err.count("\n") == 1
     assert "'Q' not in the run's vocabulary of 27 tokens" in captured.err
     assert not (tmp_path / "lstm" / "embeddings.png").exists()
+
+
+def test_the_heat_map_shows_the_softmax_of_each_row():
+    logits = np.log(np.array([[1.0, 3.0, 4.0], [2.0, 2.0, 4.0]])) + np.array([[5.0], [-7.0]])
+    assert next_token_probabilities(logits) == pytest.approx(
+        np.array([[0.125, 0.375, 0.5], [0.25, 0.25, 0.5]]), abs=1e-12
+    )
 
 
 def test_plot_a_bigram_run_adds_the_heat_map(char_corpus, tmp_path, capsys):

@@ -174,6 +174,18 @@ def plot_embedding_map(
     save_png(fig, path)
 
 
+def next_token_probabilities(logits: np.ndarray) -> np.ndarray:
+    """The bigram's table p(next | current): the softmax of each row of its logit table.
+
+    >>> next_token_probabilities(np.log(np.array([[1.0, 3.0], [2.0, 2.0]])))
+    array([[0.25, 0.75],
+           [0.5 , 0.5 ]])
+    """
+    table = logits.astype(np.float64)
+    probabilities = np.exp(table - table.max(axis=1, keepdims=True))
+    return probabilities / probabilities.sum(axis=1, keepdims=True)
+
+
 def plot_bigram_table(probabilities: np.ndarray, labels: list[str], path: Path, title: str) -> None:
     """The next-token table p(next | current) as an image: one row per current token, one
     column per next token, every axis label shown, a colour bar of the probability (on a

@@ -174,18 +174,25 @@ def plot_run(
     atomic_write_text(paths[2], text + "\n")
     if run.model.family == "bigram":
         paths.append(target / "bigram.png")
-        heat_ids, which = most_frequent(counts, len(tokens), emap.MAX_HEATMAP_TOKENS)
-        heat_ids.sort()
-        logits = weight.astype(np.float64)
-        probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
-        emap.plot_bigram_table(
-            probabilities[np.ix_(heat_ids, heat_ids)],
-            [tokens[i] for i in heat_ids],
-            paths[3],
-            f"{name}: p(next | current), {which}",
-        )
+        plot_bigram_run(weight, tokens, counts, paths[3], name)
     return RunPictures(paths, text)
+
+
+def plot_bigram_run(
+    logits: np.ndarray, tokens: list[str], counts: np.ndarray | None, path: Path, name: str
+) -> None:
+    """The bigram's I×I logit table as the heat-map of p(next | current) (the most frequent
+    tokens only, when the vocabulary is too large for readable labels)."""
+    from lmforge import embedding_map as emap
+
+    ids, which = most_frequent(counts, len(tokens), emap.MAX_HEATMAP_TOKENS)
+    ids.sort()
+    emap.plot_bigram_table(
+        emap.next_token_probabilities(logits)[np.ix_(ids, ids)],
+        [tokens[i] for i in ids],
+        path,
+        f"{name}: p(next | current), {which}",
+    )
 
 
 def summarize_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
