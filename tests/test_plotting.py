@@ -94,6 +94,7 @@ def test_bpe_piece_classes():
         "42": "number",
         ".": "punctuation",
         " (": "punctuation",
+        ":\n\n": "punctuation",
         "\n\n": "whitespace",
         " ": "whitespace",
         "'s": "other",

@@ -132,8 +132,8 @@ def word_class(token: str) -> str:
 
 def piece_class(token: str) -> str:
     """The class of a BPE piece: word start (a space then letters), word piece (letters only),
-    number (digits, after an optional space), punctuation (no letter or digit), whitespace,
-    or other (mixed pieces, stray bytes shown as ``\\xNN``).
+    number (digits, after an optional space), punctuation (no letter or digit, such as ``,``
+    or ``.\\n``), whitespace, or other (mixed pieces, stray bytes shown as ``\\xNN``).
 
     >>> [piece_class(t) for t in [" king", "dom", "2024", " .", "\\n\\n", "'s"]]
     ['word start', 'word piece', 'number', 'punctuation', 'whitespace', 'other']
@@ -147,7 +147,7 @@ def piece_class(token: str) -> str:
         return "word start" if token.startswith(" ") else "word piece"
     if body.isdigit():
         return "number"
-    if not any(c.isalnum() or c.isspace() for c in body):
+    if not any(c.isalnum() for c in body):
         return "punctuation"
     return "other"
 
