@@ -241,7 +241,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from lmforge.plotting import plot_run
 
-    for path in plot_run(args.run, args.out, checkpoint=args.checkpoint):
+    pictures = plot_run(args.run, args.out, checkpoint=args.checkpoint, neighbours=args.neighbours)
+    print(pictures.neighbours, end="\n\n")
+    for path in pictures.paths:
         print(path)
     return 0
 
@@ -457,7 +459,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_import_parser(sub)
 
-    p = sub.add_parser("plot", help="draw loss.png and embeddings.png for a run")
+    p = sub.add_parser(
+        "plot",
+        help="draw loss.png, embeddings.png (and bigram.png) and list nearest neighbours",
+        description="Draw RUN's loss curves (loss.png), its embedding map coloured by token "
+        "class (embeddings.png) and, for a bigram, its next-token table (bigram.png); write the "
+        "nearest neighbours of a few tokens by cosine similarity (neighbours.txt) and print them.",
+    )
     p.add_argument("run", metavar="RUN")
     p.add_argument("--out", metavar="DIR", help="where to write the pictures (default: RUN)")
     p.add_argument(
@@ -465,6 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="best",
         choices=["best", "final"],
         help="weights whose embeddings are drawn",
+    )
+    p.add_argument(
+        "--neighbours",
+        nargs="+",
+        metavar="TOKEN",
+        help="tokens whose 5 nearest neighbours are listed (a space as ␣, a line break as \\n; "
+        "default: a few common ones such as a e A t . \\n, or the he king said city war)",
     )
     p.set_defaults(func=cmd_plot)
 

@@ -1,13 +1,15 @@
 """Pictures of runs: loss curves, the embedding map, and several runs compared.
 
->>> plot_run("runs/lstm")          # writes runs/lstm/loss.png and runs/lstm/embeddings.png
-[PosixPath('runs/lstm/loss.png'), PosixPath('runs/lstm/embeddings.png')]
+>>> [p.name for p in plot_run("runs/lstm").paths]   # the map itself: lmforge.embedding_map
+['loss.png', 'embeddings.png', 'neighbours.txt']
 >>> rows = compare_runs(["runs/bigram", "runs/lstm"], "compare.png")
 >>> print(format_table(rows))
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 from pathlib import Path
@@ -15,15 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from lmforge.errors import RunError
-from lmforge.fileio import atomic_write_with
+from lmforge.data.stream import TokenStream
+from lmforge.errors import LmforgeError, RunError
+from lmforge.fileio import atomic_write_text, atomic_write_with, cache_dir
 from lmforge.runs import METRICS_FILE, read_run_config
 from lmforge.training.checkpoint import read_metrics
 
-MAX_LABELS = 150
 
-
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files only."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -32,9 +34,10 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_png(fig: Any, path: Path) -> None:
+    """Write ``fig`` to ``path`` as a PNG (atomically) and free it."""
     atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def run_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -47,7 +50,7 @@ def run_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def plot_losses(records: list[dict[str, Any]], path: Path, title: str) -> None:
     """Train and validation loss against steps (left) and tokens seen (right)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     train = [r for r in records if r.get("train_loss") is not None]
     val = [r for r in records if r.get("val_loss") is not None]
@@ -66,16 +69,7 @@ def plot_losses(records: list[dict[str, Any]], path: Path, title: str) -> None:
     axes[0].legend()
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
-
-
-def printable(token: str) -> str:
-    """A token as it should appear in a picture: whitespace made visible.
-
-    >>> printable(" the\\n")
-    '␣the↵'
-    """
-    return token.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
+    save_png(fig, path)
 
 
 def pca_2d(matrix: np.ndarray) -> np.ndarray:
@@ -88,44 +82,105 @@ def pca_2d(matrix: np.ndarray) -> np.ndarray:
     return coords
 
 
-def plot_embeddings(weight: np.ndarray, tokens: list[str], path: Path, title: str) -> None:
-    """The embedding matrix [I, D] projected to 2-D by PCA, points labelled with their tokens
-    (the first ``MAX_LABELS`` printable ones when the vocabulary is larger)."""
-    plt = _pyplot()
-    coords = pca_2d(weight.astype(np.float64))
-    fig, ax = plt.subplots(figsize=(9, 8))
-    ax.scatter(coords[:, 0], coords[:, 1], s=6, alpha=0.5)
-    labelled = [i for i, t in enumerate(tokens) if printable(t).isprintable()][:MAX_LABELS]
-    for i in labelled:
-        ax.annotate(printable(tokens[i]), coords[i], fontsize=8, alpha=0.85)
-    shown = "" if len(labelled) == len(tokens) else f" ({len(labelled)} of {len(tokens)} labelled)"
-    ax.set_title(f"{title}: token embeddings, PCA{shown}")
-    ax.set_xlabel("principal component 1")
-    ax.set_ylabel("principal component 2")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    _save(fig, path)
+@dataclasses.dataclass
+class RunPictures:
+    """What ``lmforge plot`` wrote: the files, and the nearest-neighbours table (Markdown)."""
+
+    paths: list[Path]
+    neighbours: str
+
+
+def train_token_counts(config: dict[str, Any], vocab_size: int) -> np.ndarray | None:
+    """How often each token occurs in the run's training split, counted from the encoded
+    corpus in the token cache; None when the cache no longer has it (or the run has none,
+    as an imported model)."""
+    key = config.get("token_stream")
+    directory = cache_dir() / "tokens" / str(key)
+    if not key or not (directory / "meta.json").is_file():
+        return None
+    try:
+        stream = TokenStream(directory, json.loads((directory / "meta.json").read_text()))
+        tokens = stream.tokens("train")
+    except (LmforgeError, OSError, ValueError, KeyError):
+        return None  # a damaged cache entry: fall back to the vocabulary order
+    counts = np.bincount(np.asarray(tokens), minlength=vocab_size)
+    return counts[:vocab_size]
+
+
+def _most_frequent(counts: np.ndarray | None, vocab_size: int, limit: int) -> tuple[list[int], str]:
+    """The ids of at most ``limit`` tokens, most frequent first, and a phrase saying which."""
+    if vocab_size <= limit:
+        return list(range(vocab_size)), f"all {vocab_size:,} tokens"
+    if counts is None:
+        return list(range(limit)), (
+            f"the first {limit} of {vocab_size:,} tokens in vocabulary order "
+            "(no token counts: the run's token cache is gone)"
+        )
+    order = np.argsort(-counts, kind="stable")[:limit]
+    return [int(i) for i in order], f"the {limit} most frequent of {vocab_size:,} tokens"
 
 
 def plot_run(
     run_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str] | None = None,
     checkpoint: str = "best",
-) -> list[Path]:
-    """Write ``loss.png`` and ``embeddings.png`` for a run (into the run unless ``out_dir``)."""
+    neighbours: list[str] | None = None,
+) -> RunPictures:
+    """Write ``loss.png``, ``embeddings.png``, ``neighbours.txt`` and, for a bigram run,
+    ``bigram.png`` for a run (into the run unless ``out_dir``).
+
+    ``neighbours`` are the tokens whose nearest neighbours are listed (default: a few common
+    ones, see :func:`lmforge.embedding_map.default_queries`).
+    """
+    from lmforge import embedding_map as emap
     from lmforge.runs import load_run
+    from lmforge.token_classes import token_classes
 
     run_dir = Path(run_dir)
     target = Path(out_dir) if out_dir else run_dir
     records = run_metrics(run_dir)
     run = load_run(run_dir, checkpoint=checkpoint, device="cpu")
-    name = f"{run_dir.name} ({run.model.family})"
-    loss_png, embeddings_png = target / "loss.png", target / "embeddings.png"
-    plot_losses(records, loss_png, name)
     weight = run.model.embedding_weight().detach().float().cpu().numpy()
     tokens = [run.tokenizer.id_to_token(i) for i in range(weight.shape[0])]
-    plot_embeddings(weight, tokens, embeddings_png, name)
-    return [loss_png, embeddings_png]
+    kind = run.tokenizer.kind
+    queries = emap.find_tokens(tokens, neighbours) if neighbours else None
+    counts = train_token_counts(run.config, len(tokens))
+    name = f"{run_dir.name} ({run.model.family})"
+    target.mkdir(parents=True, exist_ok=True)
+
+    paths = [target / "loss.png", target / "embeddings.png", target / "neighbours.txt"]
+    plot_losses(records, paths[0], name)
+    shown, which = _most_frequent(counts, len(tokens), emap.MAX_MAP_TOKENS)
+    shown.sort()  # draw in vocabulary order: the same picture whatever the counts' ties
+    classes, class_names = token_classes([tokens[i] for i in shown], kind)
+    table = "rows of the I×I logit table" if run.model.family == "bigram" else "input embeddings"
+    emap.plot_embedding_map(
+        pca_2d(weight[shown].astype(np.float64)),
+        [tokens[i] for i in shown],
+        classes,
+        class_names,
+        paths[1],
+        f"{name}: PCA of the {table}, {which}",
+    )
+    if queries is None:
+        order = shown if counts is None else [int(i) for i in np.argsort(-counts, kind="stable")]
+        queries = emap.default_queries(tokens, kind, order)
+    text = emap.neighbours_table(weight, tokens, queries)
+    atomic_write_text(paths[2], text + "\n")
+    if run.model.family == "bigram":
+        paths.append(target / "bigram.png")
+        heat_ids, which = _most_frequent(counts, len(tokens), emap.MAX_HEATMAP_TOKENS)
+        heat_ids.sort()
+        logits = weight.astype(np.float64)
+        probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        emap.plot_bigram_table(
+            probabilities[np.ix_(heat_ids, heat_ids)],
+            [tokens[i] for i in heat_ids],
+            paths[3],
+            f"{name}: p(next | current), {which}",
+        )
+    return RunPictures(paths, text)
 
 
 def summarize_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -159,7 +214,7 @@ def compare_runs(run_dirs: list[str], out_png: str | os.PathLike[str] | None) ->
     and against wall time)."""
     rows = [summarize_run(d) for d in run_dirs]
     if out_png:
-        plt = _pyplot()
+        plt = pyplot()
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
         for row in rows:
             curve = row["val_curve"]
@@ -173,7 +228,7 @@ def compare_runs(run_dirs: list[str], out_png: str | os.PathLike[str] | None) ->
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
         fig.tight_layout()
-        _save(fig, Path(out_png))
+        save_png(fig, Path(out_png))
     return rows
 
 

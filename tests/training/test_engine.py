@@ -250,9 +250,10 @@ def test_plot_and_compare(corpus, tmp_path, capsys):
         assert main(args) == 0
     capsys.readouterr()
     assert main(["plot", str(tmp_path / "lstm")]) == 0
-    assert capsys.readouterr().out.split() == [
+    assert capsys.readouterr().out.splitlines()[-3:] == [
         str(tmp_path / "lstm" / "loss.png"),
         str(tmp_path / "lstm" / "embeddings.png"),
+        str(tmp_path / "lstm" / "neighbours.txt"),
     ]
     for png in ("loss.png", "embeddings.png"):
         data = (tmp_path / "lstm" / png).read_bytes()
