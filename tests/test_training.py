@@ -109,6 +109,15 @@ def test_time_budget_ends_the_run_inside_the_budget(tiny_corpus, tmp_path):
     assert lrs[-1] < 0.3 * max(lrs)  # the cosine spanned the budget
 
 
+def test_a_budget_smaller_than_the_first_evaluation_still_trains_one_step(tiny_corpus, tmp_path):
+    # on a slow machine the step-0 evaluation can take longer than the whole budget
+    config = small_config(tiny_corpus, tmp_path / "run", max_steps=None, time_budget=1e-6)
+    result = train(config, progress=False)
+    assert result.steps == 1
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [0, 1] and "val_loss" in records[-1]
+
+
 @pytest.mark.parametrize("family", ["bigram", "context", "rnn", "gru", "lstm", "transformer"])
 def test_every_model_trains_and_lowers_the_loss(family, tiny_corpus, tmp_path):
     model = (

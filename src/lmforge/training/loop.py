@@ -354,7 +354,8 @@ class Trainer:
         """(interrupted, done), agreed by every rank so all stop at the same step."""
         tc = self.train_config
         done = tc.max_steps is not None and self.step >= tc.max_steps
-        if tc.time_budget is not None:
+        # a fresh run takes at least one step, however slow its first evaluation was
+        if tc.time_budget is not None and self.step > 0:
             done = done or elapsed + 2 * step_time + self._reserve_s >= tc.time_budget
         flags = torch.tensor([float(self._interrupt.is_set()), float(done)])
         distributed.all_reduce_max(self.info, flags)
