@@ -528,7 +528,8 @@ class TransformerLM(LanguageModel):
         weight = self.lm_head.weight
         rows = x.shape[0] * x.shape[1]
         if torch.is_grad_enabled():  # a training step may follow: its update outdates the copy
-            self._head_copy = None
+            if self._head_copy is not None:
+                self._head_copy = None
             return self.lm_head(x)
         if x.device.type != "cpu" or rows > 64 or weight.is_inference():
             return self.lm_head(x)
