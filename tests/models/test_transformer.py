@@ -224,15 +224,18 @@ def test_decoding_after_a_fused_optimizer_step_uses_the_updated_head():
     torch.testing.assert_close(fast, model.lm_head(hidden))
 
 
-def test_a_fused_step_taken_in_eval_mode_also_refreshes_the_head():
-    """No switch of mode here: the gradient-enabled forward before the step drops the copy."""
+@pytest.mark.parametrize("return_hidden", [False, True])
+def test_a_fused_step_taken_in_eval_mode_also_refreshes_the_head(return_hidden):
+    """No switch of mode here: the gradient-enabled forward before the step drops the copy,
+    also when the loss multiplies the hidden states by the head itself (the fused loss)."""
     torch.manual_seed(0)
     model = small_transformer()
     idx = torch.randint(0, model.config.vocab_size, (2, 8))
     with torch.no_grad():
         model(idx)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
-    logits, _ = model(idx)
+    out, _ = model(idx, return_hidden=return_hidden)
+    logits = out @ model.lm_head.weight.t() if return_hidden else out
     logits.logsumexp(-1).mean().backward()
     optimizer.step()
     with torch.no_grad():

@@ -465,6 +465,8 @@ class TransformerLM(LanguageModel):
         ``return_hidden`` the inputs of the output head [B, T, D] instead of the logits.
         A :class:`RaggedKVCache` state continues each row at its own position."""
         b, t = idx.shape
+        if torch.is_grad_enabled() and self._head_copy is not None:
+            self._head_copy = None  # a training step may follow: its update outdates the copy
         cache = state if state is not None else KVCache(self.config.n_layer, self.max_context)
         if isinstance(cache, RaggedKVCache):
             return self._forward_ragged(idx, cache, return_hidden)
@@ -527,11 +529,7 @@ class TransformerLM(LanguageModel):
         """
         weight = self.lm_head.weight
         rows = x.shape[0] * x.shape[1]
-        if torch.is_grad_enabled():  # a training step may follow: its update outdates the copy
-            if self._head_copy is not None:
-                self._head_copy = None
-            return self.lm_head(x)
-        if x.device.type != "cpu" or rows > 64 or weight.is_inference():
+        if torch.is_grad_enabled() or x.device.type != "cpu" or rows > 64 or weight.is_inference():
             return self.lm_head(x)
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.shape)
         if self._head_copy is None or self._head_copy[0] != key:
