@@ -18,7 +18,13 @@ from lmforge.errors import ConfigError, LmforgeError
 from lmforge.generation import SampleConfig, generate_ids
 from lmforge.models import build_model
 from lmforge.models.base import model_from_config
-from lmforge.models.transformer import RMSNorm, TransformerConfig, apply_rotary, rotary_tables
+from lmforge.models.transformer import (
+    RMSNorm,
+    TransformerConfig,
+    apply_rotary,
+    padded_transpose,
+    rotary_tables,
+)
 from tests.test_generation import record_sampled_logits
 
 VOCAB = 40
@@ -216,6 +222,57 @@ def test_decoding_after_a_fused_optimizer_step_uses_the_updated_head():
         fast, _ = model(idx)
         hidden, _ = model(idx, return_hidden=True)
     torch.testing.assert_close(fast, model.lm_head(hidden))
+
+
+@pytest.mark.parametrize("return_hidden", [False, True])
+def test_a_fused_step_taken_in_eval_mode_also_refreshes_the_head(return_hidden):
+    """No switch of mode here: the gradient-enabled forward before the step drops the copy,
+    also when the loss multiplies the hidden states by the head itself (the fused loss)."""
+    torch.manual_seed(0)
+    model = small_transformer()
+    idx = torch.randint(0, model.config.vocab_size, (2, 8))
+    with torch.no_grad():
+        model(idx)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    out, _ = model(idx, return_hidden=return_hidden)
+    logits = out @ model.lm_head.weight.t() if return_hidden else out
+    logits.logsumexp(-1).mean().backward()
+    optimizer.step()
+    with torch.no_grad():
+        fast, _ = model(idx)
+        hidden, _ = model(idx, return_hidden=True)
+    torch.testing.assert_close(fast, model.lm_head(hidden))
+
+
+def test_padded_transpose_pads_the_rows_of_the_transposed_matrix_with_zeros():
+    matrix = torch.arange(6.0).view(3, 2)
+    padded = padded_transpose(matrix, 4)
+    assert padded.tolist() == [[0.0, 2.0, 4.0, 0.0], [1.0, 3.0, 5.0, 0.0]]
+    assert padded.is_contiguous() and padded_transpose(matrix, 3).shape == (2, 3)
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_the_decoding_head_of_an_odd_vocabulary_gives_exactly_its_logits(rows):
+    """The padded copy's extra columns are cut off; the rest is x · Wᵀ."""
+    model = build_model("transformer", vocab_size=41, n_layer=1, n_head=2, n_embd=32).eval()
+    idx = torch.randint(0, 41, (1, rows), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        fast, _ = model(idx)
+        hidden, _ = model(idx, return_hidden=True)
+    assert fast.shape == (1, rows, 41)
+    torch.testing.assert_close(fast, model.lm_head(hidden), atol=1e-6, rtol=0)
+
+
+def test_generation_reuses_the_transposed_head_of_a_model_in_eval_mode():
+    """Each generate call puts the model in eval mode; a model already there keeps its copy
+    of the head (for GPT-2 124M, making it costs as much as a dozen decoding steps)."""
+    model = small_transformer()
+    config = SampleConfig(max_new_tokens=3, temperature=0.0)
+    first = [int(t) for t in torch.cat(list(generate_ids(model, [1, 2], config)))]
+    copy = model._head_copy[1]
+    second = [int(t) for t in torch.cat(list(generate_ids(model, [1, 2], config)))]
+    assert model._head_copy[1] is copy
+    assert first == second
 
 
 ARCHITECTURES = [
