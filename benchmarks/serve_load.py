@@ -2,7 +2,7 @@
 single-sequence rate of ``lmforge sample``'s loop measured in the same run.
 
 For each run (a Tiny Shakespeare ``tiny`` Transformer and the default LSTM, trained here for a
-few steps unless given: speed does not depend on how well a model is trained), the script
+10 steps unless given: speed does not depend on how well a model is trained), the script
 starts ``lmforge serve`` on loopback, then for 1, 8, 32 and 64 concurrent clients sends
 streaming ``/v1/completions`` requests (128 new tokens each, sampled at temperature 0.8,
 prompts of mixed lengths cut from the corpus) and reports:
@@ -235,7 +235,7 @@ def sample_rate(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="+", type=Path, help="runs to serve (default: train)")
-    parser.add_argument("--train-steps", type=int, default=30)
+    parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 8, 32, 64])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument(

@@ -190,3 +190,13 @@ def test_the_base_stream_decoder_reads_a_short_window_per_token() -> None:
     assert "".join(pieces) + decoder.flush() == tok.decode(ids)
     pushing = tok.calls[:-2]  # the last two: flush's whole decode, and the check above
     assert max(pushing) <= 2  # not the whole output each time: O(1) per token
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 1), (16, 15)])
+def test_the_engines_leave_a_core_to_the_event_loop(
+    cores: int, expected: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmforge.serving.server import engine_threads
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: cores)
+    assert engine_threads() == expected

@@ -510,20 +510,29 @@ class Engine:
                 return logits.argmax(dim=-1), {0}
         tokens = logits.argmax(dim=-1)  # right for greedy rows, replaced for the others
         failed: set[int] = set()
+        drawn: dict[int, torch.Tensor] = {}
         for group in _sampling_groups(rows):
-            # rows that filter alike are processed together; each draws with its own generator
+            # rows that filter alike are processed together, and their probabilities taken
+            # in one softmax (always at a temperature > 0: see _sampling_groups); each row
+            # draws with its own generator
             processed = _grouped_process_logits(logits, group, rows)
+            probs = None if processed is None else processed.softmax(dim=-1)
             for j, i in enumerate(group):
                 slot = rows[i]
                 try:
-                    if processed is None:
+                    if probs is None:
                         row = process_logits(logits[i : i + 1], slot.config, slot.seen)
+                        drawn[i] = sample_next(row, slot.config, slot.generator)
                     else:
-                        row = processed[j : j + 1]
-                    tokens[i] = sample_next(row, slot.config, slot.generator)[0]
+                        drawn[i] = torch.multinomial(probs[j : j + 1], 1, generator=slot.generator)[
+                            0
+                        ]
                 except RuntimeError as exc:  # e.g. NaN logits: this row fails, others go on
                     self._fail(slot, exc, outbox)
                     failed.add(i)
+        if drawn:
+            index = torch.tensor(list(drawn), device=tokens.device)
+            tokens[index] = torch.cat(list(drawn.values()))
         return tokens, failed
 
     def _drop_cancelled(self, outbox: Outbox) -> None:
@@ -573,7 +582,8 @@ class Engine:
 
 def _sampling_groups(rows: list[_Slot]) -> list[list[int]]:
     """The sampled (not greedy) rows, grouped by the filters they apply; a row with a
-    repetition penalty (its own ``seen`` tokens) is a group of its own."""
+    repetition penalty (its own ``seen`` tokens) is a group of its own, so the rows of a
+    larger group sample at a temperature above 0."""
     groups: dict[object, list[int]] = {}
     for i, slot in enumerate(rows):
         if slot.greedy:
