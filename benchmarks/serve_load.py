@@ -1,7 +1,7 @@
 """Load on ``lmforge serve``: concurrent streaming clients against one server, and the
 single-sequence rate of ``lmforge sample``'s loop measured in the same run.
 
-For each run (a Tiny Shakespeare ``tiny`` Transformer and the default LSTM, trained here for a
+For each run (a Tiny Shakespeare ``tiny`` Transformer and the default LSTM, trained here for
 10 steps unless given: speed does not depend on how well a model is trained), the script
 starts ``lmforge serve`` on loopback, then for 1, 8, 32 and 64 concurrent clients sends
 streaming ``/v1/completions`` requests (128 new tokens each, sampled at temperature 0.8,
