@@ -252,7 +252,7 @@ def main() -> None:
         port = free_port()
         server = start_server(runs, port, max(args.clients), args.server_threads)
         try:
-            threads = args.server_threads or "torch's default"
+            threads = args.server_threads or "serve's default (cores - 1, at least 1)"
             print(
                 f"machine: {os.cpu_count()} CPUs; {args.tokens} new tokens per client; "
                 f"server threads: {threads}\n"
