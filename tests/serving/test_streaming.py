@@ -200,3 +200,35 @@ def test_the_engines_leave_a_core_to_the_event_loop(
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: cores)
     assert engine_threads() == expected
+
+
+def test_tokens_that_arrive_together_share_the_gap_since_the_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lmforge.serving import completions
+
+    clock = [0.0]
+    monkeypatch.setattr(completions.time, "perf_counter", lambda: clock[0])
+    tokenizer = CharTokenizer.train(TEXT)
+    first, gaps = [], []
+
+    async def main() -> list[str]:
+        seq = Sequence(Request([0], SampleConfig()), engine=None, loop=asyncio.get_running_loop())
+        engine = SimpleNamespace(submit=lambda request: seq)
+        served = SimpleNamespace(tokenizer=tokenizer, engine=engine, token_text=None)
+        body = CompletionRequest(model="m", prompt="a", max_tokens=4)
+        timing = Timing(0.0, first.append, gaps.append)
+        c = Choice(served, 0, "a", [0], SampleConfig(max_new_tokens=4), body, timing)
+        deltas = c.deltas()
+        async with asyncio.timeout(10):  # a wrong wait fails instead of hanging
+            clock[0] = 1.0
+            seq._put([TokenInfo(1, -1.0)])
+            texts = [(await anext(deltas)).text, (await anext(deltas)).text]  # echo, token
+            clock[0] = 1.3
+            seq._put([TokenInfo(2, -1.0), TokenInfo(3, -1.0), TokenInfo(4, -1.0)])
+            texts.append((await anext(deltas)).text)
+        return texts
+
+    assert asyncio.run(main()) == ["", "b", "cde"]
+    assert first == [1.0]
+    assert gaps == pytest.approx([0.1, 0.1, 0.1])
