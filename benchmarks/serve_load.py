@@ -1,8 +1,8 @@
 """Load on ``lmforge serve``: concurrent streaming clients against one server, and the
 single-sequence rate of ``lmforge sample``'s loop measured in the same run.
 
-For each run (a Tiny Shakespeare ``tiny`` Transformer and the default LSTM, trained here for a
-few steps unless given: speed does not depend on how well a model is trained), the script
+For each run (a Tiny Shakespeare ``tiny`` Transformer and the default LSTM, trained here for
+10 steps unless given: speed does not depend on how well a model is trained), the script
 starts ``lmforge serve`` on loopback, then for 1, 8, 32 and 64 concurrent clients sends
 streaming ``/v1/completions`` requests (128 new tokens each, sampled at temperature 0.8,
 prompts of mixed lengths cut from the corpus) and reports:
@@ -10,15 +10,22 @@ prompts of mixed lengths cut from the corpus) and reports:
 * aggregate generated tokens/s (all clients' tokens over the level's wall time),
 * p50 / p99 time to first token and inter-token latency (over every chunk of every client),
 * errors (non-200 responses, broken streams, fewer tokens than asked),
+* the server process's CPU time per generated token (user + system, all its threads; Linux):
+  on a machine shared with other jobs, wall-clock rates swing with the load while CPU time per
+  token barely moves, so it is the figure to compare there,
+
+each the median over ``--repeats`` rounds of the level (errors: the total),
 
 and ``generation.generate_ids`` in this process (what ``lmforge sample`` runs) on the same
-weights, 128 tokens from one of the prompts, as the single-client peer: with torch's default
-threads (as ``lmforge sample`` runs) and with one (on a busy machine the default can be many
-times slower: the intra-op threads wait for cores). Goals: 0 errors;
+weights, 128 tokens from one of the prompts, as the single-client peer (tokens/s and CPU time
+per token, median of ``--repeats``): with torch's default threads (as ``lmforge sample`` runs)
+and with one (on a busy machine the default can be many times slower: the intra-op threads
+wait for cores). Goals: 0 errors;
 64 clients ≥ 10× the 1-client rate; 1 client ≥ 0.9× ``sample``'s rate.
 
     python benchmarks/serve_load.py                        # trains both runs in a temp dir
     python benchmarks/serve_load.py --runs runs/tiny runs/lstm --clients 1 8 32 64
+    python benchmarks/serve_load.py --repeats 3 --server-threads 2   # the engine on 2 threads
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import json
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -137,6 +145,15 @@ async def one_client(
     return {"ttft": arrivals[0] - sent, "gaps": gaps, "tokens": generated}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far; NaN off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -171,33 +188,59 @@ async def load_level(port: int, model: str, prompts: list[str], tokens: int) -> 
     }
 
 
-def sample_rate(run: Path, prompt: str, tokens: int, repeats: int, threads: int) -> float:
+def measured_level(
+    server: subprocess.Popen, port: int, model: str, prompts: list[str], tokens: int, repeats: int
+) -> dict:
+    """:func:`load_level` ``repeats`` times: the median of each figure, the errors summed, and
+    the server's CPU milliseconds per generated token."""
+    rounds = []
+    for _ in range(repeats):
+        cpu = cpu_seconds(server.pid)
+        level = asyncio.run(load_level(port, model, prompts, tokens))
+        level["cpu_ms"] = 1000 * (cpu_seconds(server.pid) - cpu) / (len(prompts) * tokens)
+        rounds.append(level)
+    merged = {key: statistics.median(r[key] for r in rounds) for key in FIGURES}
+    merged["errors"] = sum(r["errors"] for r in rounds)
+    merged["first_error"] = next((r["first_error"] for r in rounds if r["first_error"]), "")
+    return merged
+
+
+FIGURES = ("tokens_per_s", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "cpu_ms")
+
+
+def sample_rate(
+    run: Path, prompt: str, tokens: int, repeats: int, threads: int
+) -> tuple[float, float]:
     """``lmforge sample``'s loop (generate_ids, temperature 0.8) in this process's main thread
-    with ``threads`` torch threads, tokens/s, best of ``repeats``."""
+    with ``threads`` torch threads: tokens/s and CPU milliseconds per token, medians of
+    ``repeats``."""
     loaded = load_run(run, device="cpu")
     ids = prompt_ids(loaded.tokenizer, prompt)
     config = SampleConfig(max_new_tokens=tokens, temperature=0.8, seed=0)
     default_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    best = 0.0
+    rates, cpu_ms = [], []
     try:
         for _ in range(repeats):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             for _ in generate_ids(loaded.model, ids, config):
                 pass
-            best = max(best, tokens / (time.perf_counter() - started))
+            rates.append(tokens / (time.perf_counter() - started))
+            cpu_ms.append(1000 * (time.process_time() - cpu) / tokens)
     finally:
         torch.set_num_threads(default_threads)
-    return best
+    return statistics.median(rates), statistics.median(cpu_ms)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="+", type=Path, help="runs to serve (default: train)")
-    parser.add_argument("--train-steps", type=int, default=30)
+    parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 8, 32, 64])
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3, help="repeats of the sample peer")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds of each level and of the sample peer"
+    )
     parser.add_argument(
         "--server-threads", type=int, help="lmforge serve --threads (default: torch's)"
     )
@@ -209,34 +252,40 @@ def main() -> None:
         port = free_port()
         server = start_server(runs, port, max(args.clients), args.server_threads)
         try:
-            threads = args.server_threads or "torch's default"
+            threads = args.server_threads or "serve's default (cores - 1, at least 1)"
             print(
                 f"machine: {os.cpu_count()} CPUs; {args.tokens} new tokens per client; "
                 f"server threads: {threads}\n"
             )
-            print("| model | clients | tok/s | vs 1 | TTFT p50/p99 ms | ITL p50/p99 ms | errors |")
-            print("|---|---|---|---|---|---|---|")
+            print(
+                "| model | clients | tok/s | vs 1 | TTFT p50/p99 ms | ITL p50/p99 ms "
+                "| CPU ms/token | errors |"
+            )
+            print("|---|---|---|---|---|---|---|---|")
             for run in runs:
                 name = run.resolve().name
                 single = None
                 for clients in args.clients:
                     prompts = mixed_prompts(text, clients, seed=clients)
-                    level = asyncio.run(load_level(port, name, prompts, args.tokens))
-                    single = single or level["tokens_per_s"]
+                    level = measured_level(server, port, name, prompts, args.tokens, args.repeats)
+                    single = single or level
                     print(
                         f"| {name} | {clients} | {level['tokens_per_s']:.0f} "
-                        f"| {level['tokens_per_s'] / single:.1f}× "
+                        f"| {level['tokens_per_s'] / single['tokens_per_s']:.1f}× "
                         f"| {1000 * level['ttft_p50']:.0f} / {1000 * level['ttft_p99']:.0f} "
                         f"| {1000 * level['itl_p50']:.1f} / {1000 * level['itl_p99']:.1f} "
+                        f"| {level['cpu_ms']:.2f} "
                         f"| {level['errors']} {level['first_error']} |",
                         flush=True,
                     )
                 prompt = mixed_prompts(text, 1, seed=0)[0]
                 for threads in sorted({torch.get_num_threads(), 1}, reverse=True):
-                    peer = sample_rate(run, prompt, args.tokens, args.repeats, threads)
+                    rate, cpu_ms = sample_rate(run, prompt, args.tokens, args.repeats, threads)
                     print(
-                        f"| {name} | `sample` loop, {threads} thread(s) | {peer:.0f} "
-                        f"| 1 client / sample: {single / peer:.2f}× | | | |",
+                        f"| {name} | `sample` loop, {threads} thread(s) | {rate:.0f} "
+                        f"| 1 client / sample: {single['tokens_per_s'] / rate:.2f}× | | "
+                        f"| {cpu_ms:.2f} (1 client / sample: {single['cpu_ms'] / cpu_ms:.2f}×) "
+                        "| |",
                         flush=True,
                     )
         finally:

@@ -650,8 +650,8 @@ def _add_serve_parser(sub: Any) -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch threads for generation (default: torch's, one per core); 1 often serves a "
-        "small model faster on a CPU that also runs its clients",
+        help="torch threads for generation (default: one fewer than the cores, at least 1: "
+        "the HTTP side keeps a core)",
     )
     _add_run_options(p)
     p.set_defaults(func=cmd_serve)

@@ -91,6 +91,17 @@ class RaggedKVCache:
                     device = buffer.device
                     buffer[targets.to(device)] = buffer[sources.to(device)]
 
+    def row(self, r: int) -> Any:
+        """Row ``r`` alone as a plain :class:`~lmforge.models.transformer.KVCache` whose
+        buffers are views of this cache's (no copy): decode it on alone and drop this cache."""
+        from lmforge.models.transformer import KVCache
+
+        alone = KVCache(len(self.keys), self.block_size)
+        alone.keys = [None if k is None else k[r : r + 1] for k in self.keys]
+        alone.values = [None if v is None else v[r : r + 1] for v in self.values]
+        alone.length = int(self.lengths[r])
+        return alone
+
     def advance(self, t: int) -> torch.Tensor:
         """Start a model call of ``t`` new tokens per row: their positions [B, t], and the
         key mask for the attention; the lengths move on by ``t``."""

@@ -121,23 +121,50 @@ class RecurrentBatch(Batch):
 
 
 class TransformerBatch(Batch):
-    """The Transformer: one :class:`~lmforge.models.ragged.RaggedKVCache` for all rows."""
+    """The Transformer: one row alone keeps the plain
+    :class:`~lmforge.models.transformer.KVCache` its prompt read left, and decodes exactly as
+    :func:`lmforge.generation.generate_ids` does (the lean path); two rows or more share one
+    :class:`~lmforge.models.ragged.RaggedKVCache`. The batch switches between the two as rows
+    join and leave.
+
+    >>> batch.join(state_a); type(batch.cache).__name__      # one row
+    'KVCache'
+    >>> batch.join(state_b); type(batch.cache).__name__      # two rows
+    'RaggedKVCache'
+    >>> batch.keep([1]); type(batch.cache).__name__          # one again: row 1's own keys
+    'KVCache'
+    """
 
     def __init__(self, model: LanguageModel) -> None:
         super().__init__(model)
-        from lmforge.models.ragged import RaggedKVCache
-
-        self.cache = RaggedKVCache(model.config.n_layer, model.config.block_size)
+        self.cache: Any = None  # None (no rows), a KVCache (one row) or a RaggedKVCache
+        self.rows = 0
 
     @property
     def size(self) -> int:
-        return self.cache.batch_size
+        return self.rows
 
     def join(self, state: Any) -> None:
-        self.cache.insert(state)
+        from lmforge.models.ragged import RaggedKVCache
+
+        if self.rows == 0:
+            self.cache = state
+        else:
+            if self.rows == 1:
+                config = self.model.config
+                alone, self.cache = self.cache, RaggedKVCache(config.n_layer, config.block_size)
+                self.cache.insert(alone)
+            self.cache.insert(state)
+        self.rows += state.batch_size
 
     def keep(self, rows: list[int]) -> None:
-        self.cache.keep(rows)
+        if self.rows > 1 and len(rows) == 1:
+            self.cache = self.cache.row(rows[0])
+        elif not rows:
+            self.cache = None
+        elif self.rows > 1:
+            self.cache.keep(rows)
+        self.rows = len(rows)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         logits, self.cache = self.model(tokens[:, None], self.cache)

@@ -10,6 +10,7 @@ Choice ``i`` of prompt ``p`` has index ``p * n + i`` and, when seeded, seed ``se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import time
@@ -99,6 +100,7 @@ class Choice:
             sample=config,
             top_logprobs=body.logprobs or 0,
             prompt_logprobs=self.echo and self.want_logprobs,
+            logprobs=self.want_logprobs,
         )
         self.needs_engine = config.max_new_tokens > 0 or request.prompt_logprobs
         self.sequence = served.engine.submit(request) if self.needs_engine else None
@@ -109,22 +111,26 @@ class Choice:
 
     async def deltas(self) -> AsyncIterator[Delta]:
         """The choice's text as it comes: the echoed prompt first (when asked), then one
-        delta per generated token, then the tail held back by the stop filter."""
+        delta per generated token (or one for the tokens that arrived while the reader was
+        busy: a reader that falls behind catches up in one piece), then the tail held back
+        by the stop filter."""
         echoed = False
         if self.sequence is not None:
-            async for info in self.sequence:
+            while tokens := await self.sequence.next_tokens():
                 if not echoed:
                     echoed = True
                     yield self._echo()
-                self.generated += 1
-                self._time_token()
-                delta = self._token(info)
-                if self.stop_filter.stopped:
-                    self.sequence.cancel()
-                    delta.finish_reason = "stop"
-                    yield delta
-                    return
-                yield delta
+                self._time_tokens(len(tokens))
+                start = len(self.logprobs)
+                texts = []
+                for info in tokens:
+                    self.generated += 1
+                    texts.append(self._token(info))
+                    if self.stop_filter.stopped:
+                        self.sequence.cancel()
+                        yield Delta("".join(texts), start, len(self.logprobs), "stop")
+                        return
+                yield Delta("".join(texts), start, len(self.logprobs))
         if not echoed:
             yield self._echo()
         start = len(self.logprobs)
@@ -133,12 +139,17 @@ class Choice:
         tail += self.stop_filter.finish()
         yield Delta(tail, start, start, finish)
 
-    def _time_token(self) -> None:
-        at = time.perf_counter()
+    def _time_tokens(self, count: int) -> None:
+        """Note ``count`` tokens arriving now: the first one's wait, then a gap per token
+        (tokens that arrive together share the gap since the previous arrival)."""
+        at = previous = time.perf_counter()
         if self.last_token_at is None:
             self.timing.first_token(at - self.timing.received_at)
+            count -= 1
         else:
-            self.timing.between_tokens(at - self.last_token_at)
+            previous = self.last_token_at
+        for _ in range(count):
+            self.timing.between_tokens((at - previous) / count)
         self.last_token_at = at
 
     def _echo(self) -> Delta:
@@ -157,8 +168,8 @@ class Choice:
             self.logprobs.offset = len(self.prompt)
         return Delta(self.prompt, 0, len(self.logprobs))
 
-    def _token(self, info: Any) -> Delta:
-        start = len(self.logprobs)
+    def _token(self, info: Any) -> str:
+        """The visible text one generated token adds (its logprobs go to the builder)."""
         piece = self.decoder.push(info.token)
         before = len(self.stop_filter.text)
         visible = self.stop_filter.feed(piece)
@@ -167,7 +178,7 @@ class Choice:
             not self.stop_filter.stopped or before < len(self.stop_filter.text)
         ):
             self.logprobs.add(piece, info.logprob, self._top(info))
-        return Delta(visible, start, len(self.logprobs))
+        return visible
 
     def _top(self, info: Any) -> dict[str, float]:
         return {self.served.token_text(token): logprob for token, logprob in info.top}
@@ -260,15 +271,46 @@ async def stream(
     """Server-sent events: one completion chunk per piece of a choice, an optional usage
     chunk, then ``data: [DONE]``. Leaving early (the client went away) cancels every
     sequence."""
-    request_id, created = completion_id(), now()
-    queue: asyncio.Queue[tuple[Choice, Delta] | BaseException | None] = asyncio.Queue()
+    chunks = ChunkFormat(completion_id(), now(), body.model)
+    try:
+        async with contextlib.aclosing(_merged_deltas(choices)) as deltas:
+            async for c, delta in deltas:
+                if isinstance(delta, BaseException):
+                    error = APIError(500, f"generation failed: {delta}", code="engine_error")
+                    yield _event(error.body())
+                    return
+                if delta.text or delta.finish_reason or delta.lp_start != delta.lp_end:
+                    yield chunks.delta(c, delta)
+        if body.stream_options is not None and body.stream_options.include_usage:
+            generated = sum(c.generated for c in choices)
+            yield chunks.usage(usage(prompt_tokens, generated))
+        yield "data: [DONE]\n\n"
+    finally:
+        for c in choices:
+            c.cancel()
+
+
+async def _merged_deltas(
+    choices: list[Choice],
+) -> AsyncIterator[tuple[Choice, Delta | BaseException]]:
+    """Every choice's deltas as they come, interleaved; an engine error of a choice comes as
+    ``(choice, exception)`` and ends the iteration. One choice is read directly."""
+    if len(choices) == 1:
+        (c,) = choices
+        try:
+            async for delta in c.deltas():
+                yield c, delta
+        except Exception as exc:  # an engine error fails this request only
+            yield c, exc
+        return
+    queue: asyncio.Queue[tuple[Choice, Delta | BaseException] | None] = asyncio.Queue()
 
     async def pump(c: Choice) -> None:
         try:
             async for delta in c.deltas():
                 await queue.put((c, delta))
-        except Exception as exc:  # an engine error fails this request only
-            await queue.put(exc)
+        except Exception as exc:
+            await queue.put((c, exc))
         finally:
             await queue.put(None)
 
@@ -280,30 +322,58 @@ async def stream(
             if item is None:
                 running -= 1
                 continue
-            if isinstance(item, BaseException):
-                error = APIError(500, f"generation failed: {item}", code="engine_error")
-                yield _event(error.body())
-                break
-            c, delta = item
-            if not delta.text and delta.finish_reason is None and delta.lp_start == delta.lp_end:
-                continue
-            logprobs = c.logprobs.build(delta.lp_start, delta.lp_end) if c.want_logprobs else None
-            chunk_choice = choice(c.index, delta.text, logprobs, delta.finish_reason)
-            yield _event(completion_object(request_id, created, body.model, [chunk_choice]))
-        else:
-            if body.stream_options is not None and body.stream_options.include_usage:
-                generated = sum(c.generated for c in choices)
-                yield _event(
-                    completion_object(
-                        request_id, created, body.model, [], usage(prompt_tokens, generated)
-                    )
-                )
-            yield "data: [DONE]\n\n"
+            yield item
+            if isinstance(item[1], BaseException):
+                return
     finally:
-        for c in choices:
-            c.cancel()
         for task in tasks:
             task.cancel()
+
+
+class ChunkFormat:
+    """The server-sent events of one streamed completion. A chunk of plain text (no logprobs,
+    not the last) is the common one, one per token: it is written into a template made once
+    (the same bytes ``json.dumps`` gives), so a token costs one string's encoding.
+
+    >>> ChunkFormat("cmpl-1", 0, "m").choice(0, "hi", None, None)[:58]
+    'data: {"id": "cmpl-1", "object": "text_completion", "creat'
+    """
+
+    TEXT = "\x00text\x00"  # a placeholder no JSON text of the request can contain
+
+    def __init__(self, request_id: str, created: int, model: str) -> None:
+        self.request_id, self.created, self.model = request_id, created, model
+        self.templates: dict[int, tuple[str, str]] = {}
+
+    def delta(self, c: Choice, delta: Delta) -> str:
+        """The event of a choice's delta."""
+        logprobs = c.logprobs.build(delta.lp_start, delta.lp_end) if c.want_logprobs else None
+        return self.choice(c.index, delta.text, logprobs, delta.finish_reason)
+
+    def choice(
+        self, index: int, text: str, logprobs: dict[str, Any] | None, finish: str | None
+    ) -> str:
+        """The event of one choice's new ``text``."""
+        if logprobs is not None or finish is not None:
+            return self._event([choice(index, text, logprobs, finish)])
+        template = self.templates.get(index)
+        if template is None:
+            whole = self._event([choice(index, self.TEXT, None, None)])
+            head, _, tail = whole.partition(_json(self.TEXT))
+            template = self.templates[index] = (head, tail)
+        return template[0] + _json(text) + template[1]
+
+    def usage(self, counts: dict[str, int]) -> str:
+        """The last event when the usage was asked for: no choices, the token counts."""
+        return self._event([], counts)
+
+    def _event(self, choices: list[dict[str, Any]], counts: dict[str, int] | None = None) -> str:
+        payload = completion_object(self.request_id, self.created, self.model, choices, counts)
+        return _event(payload)
+
+
+def _json(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _event(payload: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import math
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -68,12 +69,15 @@ class Request:
     """One sequence to generate: prompt tokens (cropped to the model's last ``max_context``,
     as :func:`generation.generate_ids` does), how to sample (``stop`` and ``num_samples`` are
     ignored: stops are text-level, one request is one sequence), how many alternatives to
-    report per token, and whether to report the prompt's logprobs too."""
+    report per token, whether to report the prompt's logprobs too, and whether the generated
+    tokens' own logprobs are wanted (a request that does not read them saves a softmax per
+    step)."""
 
     prompt_ids: list[int]
     sample: SampleConfig
     top_logprobs: int = 0
     prompt_logprobs: bool = False
+    logprobs: bool = True  # False: TokenInfo.logprob is NaN (unless top_logprobs > 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +103,8 @@ class Sequence:
         self.finish_reason: str | None = None
         self._engine = engine
         self._loop = loop
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._items: deque[Any] = deque()  # tokens, then _END or an exception, which stay
+        self._waiter: asyncio.Future[None] | None = None
         self._cancelled = False
 
     def cancel(self) -> None:
@@ -116,18 +121,56 @@ class Sequence:
         return self
 
     async def __anext__(self) -> TokenInfo:
-        item = await self._queue.get()
-        if item is _END or isinstance(item, BaseException):
-            self._queue.put_nowait(item)  # a later read ends (or fails) the same way
-            if item is _END:
-                raise StopAsyncIteration
-            raise item
-        return item
+        if not self._items:
+            await self._wait()
+        if _is_token(self._items[0]):
+            return self._items.popleft()
+        return self._last()
+
+    async def next_tokens(self) -> list[TokenInfo]:
+        """Every token that has arrived and was not read yet, at least one (a reader that
+        keeps up gets them one by one, a slow one in a batch); ``[]`` once the sequence
+        ended."""
+        if not self._items:
+            await self._wait()
+        items = self._items
+        tokens = []
+        while items and _is_token(items[0]):
+            tokens.append(items.popleft())
+        if tokens:
+            return tokens
+        with contextlib.suppress(StopAsyncIteration):
+            self._last()
+        return []
+
+    def _last(self) -> Any:
+        """At the end of the stream (which stays there, so a later read ends or fails the
+        same way): stop, or raise the step's error."""
+        item = self._items[0]
+        if item is _END:
+            raise StopAsyncIteration
+        raise item
+
+    async def _wait(self) -> None:
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     def _put(self, items: list[Any]) -> None:
         """Runs on the sequence's event loop."""
-        for item in items:
-            self._queue.put_nowait(item)
+        self._items.extend(items)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+def _is_token(item: Any) -> bool:
+    return item is not _END and not isinstance(item, BaseException)
+
+
+# what a step hands each event loop: its sequences and their new items
+Outbox = dict[asyncio.AbstractEventLoop, list[tuple[Sequence, list[Any]]]]
 
 
 class _Slot:
@@ -146,6 +189,8 @@ class _Slot:
         else:
             self.generator.seed()
         self.greedy = config.temperature == 0 and config.repetition_penalty == 1.0
+        request = seq.request
+        self.wants_logprobs = request.logprobs or request.top_logprobs > 0
         self.seen: torch.Tensor | None = None
         if config.repetition_penalty != 1.0:
             self.seen = torch.zeros(1, vocab_size, dtype=torch.bool, device=device)
@@ -180,6 +225,8 @@ class Engine:
         self._closing = False
         self._abort = False
         self._steps = 0
+        self._mail_lock = threading.Lock()
+        self._mail: Outbox = {}
 
     # -- the asyncio side -------------------------------------------------------------------
 
@@ -257,7 +304,7 @@ class Engine:
             self._rows, self._rejoining = [], []
         for seq in leftovers:
             self._finish(seq, "cancelled")
-            _deliver({seq._loop: [(seq, [_END])]})
+            self._deliver({seq._loop: [(seq, [_END])]})
 
     def _cancel(self, seq: Sequence) -> None:
         with self._cond:
@@ -305,13 +352,13 @@ class Engine:
                 else:
                     admitted.append(seq)
         for seq in ended:
-            _deliver({seq._loop: [(seq, [_END])]})
+            self._deliver({seq._loop: [(seq, [_END])]})
         return admitted
 
     def _step(self) -> None:
         """One engine step: decode the batch, read new (and slid) prompts, sample, deliver,
         drop finished rows."""
-        outbox: dict[asyncio.AbstractEventLoop, list[tuple[Sequence, list[Any]]]] = {}
+        outbox: Outbox = {}
         self._drop_cancelled(outbox)
         parts: list[torch.Tensor] = []
         if self._rows:
@@ -342,18 +389,42 @@ class Engine:
             self._sample_and_deliver(logits, outbox)
         self._drop_cancelled(outbox)
         self._steps += 1
-        _deliver(outbox)
+        self._deliver(outbox)
         if self.on_step is not None:
             with contextlib.suppress(Exception):  # a metrics hook must not stop generation
                 self.on_step(self.active, self.queued)
 
+    def _deliver(self, outbox: Outbox) -> None:
+        """Hand each loop its sequences' items. A loop is woken once for whatever piles up
+        until it reads its mail: a loop that falls behind the engine gets several steps'
+        tokens at once instead of a wake-up per step."""
+        for loop, batch in outbox.items():
+            with self._mail_lock:
+                pending = self._mail.get(loop)
+                if pending is not None:
+                    pending.extend(batch)
+                    continue
+                self._mail[loop] = batch
+            try:
+                loop.call_soon_threadsafe(self._read_mail, loop)
+            except RuntimeError:  # a closed loop: nobody is listening any more
+                with self._mail_lock:
+                    self._mail.pop(loop, None)
+
+    def _read_mail(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Runs on ``loop``: put the items delivered to it into their sequences."""
+        with self._mail_lock:
+            batch = self._mail.pop(loop, [])
+        for seq, items in batch:
+            seq._put(items)
+
     def _fail_all(self, exc: Exception) -> None:
         """Fail every active sequence and start again from an empty batch."""
-        outbox: dict = {}
+        outbox: Outbox = {}
         for slot in self._rows + self._rejoining:
             self._fail(slot, exc, outbox)
         self._rows, self._rejoining, self._batch = [], [], batch_for(self.model)
-        _deliver(outbox)
+        self._deliver(outbox)
 
     def _read_window(self, slot: _Slot) -> torch.Tensor:
         """Read a new sequence's (cropped) prompt, or a slid window, alone; join its state to
@@ -390,28 +461,17 @@ class Engine:
         infos = _token_infos(logprobs, targets, [slot.seq.request.top_logprobs] * len(targets))
         return [None, *infos]
 
-    def _sample_and_deliver(self, logits: torch.Tensor, outbox: dict) -> None:
+    def _sample_and_deliver(self, logits: torch.Tensor, outbox: Outbox) -> None:
         """Sample row i's next token from ``logits[i]`` [B, I], queue it for delivery, and let
         finished rows leave; rows whose window is full leave to re-read it."""
         rows = self._rows
-        tokens = logits.argmax(dim=-1)  # right for greedy rows, replaced for the others
-        failed: set[int] = set()
-        for group in _sampling_groups(rows):
-            # rows that filter alike are processed together; each draws with its own generator
-            processed = _grouped_process_logits(logits, group, rows)
-            for j, i in enumerate(group):
-                slot = rows[i]
-                try:
-                    if processed is None:
-                        row = process_logits(logits[i : i + 1], slot.config, slot.seen)
-                    else:
-                        row = processed[j : j + 1]
-                    tokens[i] = sample_next(row, slot.config, slot.generator)[0]
-                except RuntimeError as exc:  # e.g. NaN logits: this row fails, others go on
-                    self._fail(slot, exc, outbox)
-                    failed.add(i)
-        logprobs = F.log_softmax(logits, dim=-1)
-        infos = _token_infos(logprobs, tokens, [s.seq.request.top_logprobs for s in rows])
+        tokens, failed = self._sample(logits, outbox)
+        token_list = tokens.tolist()
+        if any(s.wants_logprobs for s in rows):
+            logprobs = F.log_softmax(logits, dim=-1)
+            infos = _token_infos(logprobs, tokens, [s.seq.request.top_logprobs for s in rows])
+        else:
+            infos = [TokenInfo(t, math.nan) for t in token_list]
         kept: list[int] = []
         context = self.model.max_context
         for i, (slot, info) in enumerate(zip(rows, infos, strict=True)):
@@ -436,7 +496,46 @@ class Engine:
                 kept.append(i)
         self._keep(kept)
 
-    def _drop_cancelled(self, outbox: dict) -> None:
+    def _sample(self, logits: torch.Tensor, outbox: Outbox) -> tuple[torch.Tensor, set[int]]:
+        """Each row's next token [B] drawn with its own settings and generator, and the rows
+        whose draw failed (they are failed here)."""
+        rows = self._rows
+        if len(rows) == 1:  # the lone row: exactly generate_ids's two calls
+            slot = rows[0]
+            try:
+                processed = process_logits(logits, slot.config, slot.seen)
+                return sample_next(processed, slot.config, slot.generator), set()
+            except RuntimeError as exc:  # e.g. NaN logits
+                self._fail(slot, exc, outbox)
+                return logits.argmax(dim=-1), {0}
+        tokens = logits.argmax(dim=-1)  # right for greedy rows, replaced for the others
+        failed: set[int] = set()
+        drawn: dict[int, torch.Tensor] = {}
+        for group in _sampling_groups(rows):
+            # rows that filter alike are processed together, and their probabilities taken
+            # in one softmax (always at a temperature > 0: see _sampling_groups); each row
+            # draws with its own generator
+            processed = _grouped_process_logits(logits, group, rows)
+            probs = None if processed is None else processed.softmax(dim=-1)
+            for j, i in enumerate(group):
+                slot = rows[i]
+                try:
+                    if probs is None:
+                        row = process_logits(logits[i : i + 1], slot.config, slot.seen)
+                        drawn[i] = sample_next(row, slot.config, slot.generator)
+                    else:
+                        drawn[i] = torch.multinomial(probs[j : j + 1], 1, generator=slot.generator)[
+                            0
+                        ]
+                except RuntimeError as exc:  # e.g. NaN logits: this row fails, others go on
+                    self._fail(slot, exc, outbox)
+                    failed.add(i)
+        if drawn:
+            index = torch.tensor(list(drawn), device=tokens.device)
+            tokens[index] = torch.cat(list(drawn.values()))
+        return tokens, failed
+
+    def _drop_cancelled(self, outbox: Outbox) -> None:
         """Free the slots of cancelled sequences, and end cancelled waiting ones."""
         if any(s.seq._cancelled for s in self._rows):
             kept = []
@@ -468,14 +567,14 @@ class Engine:
             if seq.finish_reason is None:
                 seq.finish_reason = reason
 
-    def _end(self, slot: _Slot, reason: str, outbox: dict) -> None:
+    def _end(self, slot: _Slot, reason: str, outbox: Outbox) -> None:
         self._finish(slot.seq, reason)
         outbox.setdefault(slot.seq._loop, []).append((slot.seq, [_END]))
 
-    def _fail(self, slot: _Slot, exc: Exception, outbox: dict) -> None:
+    def _fail(self, slot: _Slot, exc: Exception, outbox: Outbox) -> None:
         self._fail_sequence(slot.seq, exc, outbox)
 
-    def _fail_sequence(self, seq: Sequence, exc: Exception, outbox: dict) -> None:
+    def _fail_sequence(self, seq: Sequence, exc: Exception, outbox: Outbox) -> None:
         self._finish(seq, "error")
         error = exc if isinstance(exc, LmforgeError) else LmforgeError(f"model step failed: {exc}")
         outbox.setdefault(seq._loop, []).append((seq, [error]))
@@ -483,7 +582,8 @@ class Engine:
 
 def _sampling_groups(rows: list[_Slot]) -> list[list[int]]:
     """The sampled (not greedy) rows, grouped by the filters they apply; a row with a
-    repetition penalty (its own ``seen`` tokens) is a group of its own."""
+    repetition penalty (its own ``seen`` tokens) is a group of its own, so the rows of a
+    larger group sample at a temperature above 0."""
     groups: dict[object, list[int]] = {}
     for i, slot in enumerate(rows):
         if slot.greedy:
@@ -533,18 +633,6 @@ def _token_infos(logprobs: torch.Tensor, tokens: torch.Tensor, tops: list[int]) 
         TokenInfo(t, lp, tuple(zip(indices[i][:n], values[i][:n], strict=True)))
         for i, (t, lp, n) in enumerate(zip(token_list, chosen, tops, strict=True))
     ]
-
-
-def _deliver(outbox: dict[asyncio.AbstractEventLoop, list[tuple[Sequence, list[Any]]]]) -> None:
-    """Hand each loop its sequences' items in one thread-safe call per loop."""
-    for loop, batch in outbox.items():
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
-            loop.call_soon_threadsafe(_put_all, batch)
-
-
-def _put_all(batch: list[tuple[Sequence, list[Any]]]) -> None:
-    for seq, items in batch:
-        seq._put(items)
 
 
 def _run_call(

@@ -59,6 +59,16 @@ def read_api_key(api_key: str | None, api_key_file: str | None) -> str | None:
     return api_key.strip() if api_key is not None else None
 
 
+def engine_threads() -> int:
+    """The torch threads ``lmforge serve`` gives its engines unless told: one core fewer than
+    torch would use, and at least one. The event loop (HTTP, JSON, the sockets) needs a core
+    of its own while the engine decodes; on 2 cores an engine on 2 threads decodes a small
+    model at about half the rate of one on 1 (see BENCHMARKS.md, serving)."""
+    import torch
+
+    return max(1, torch.get_num_threads() - 1)
+
+
 def serve(
     runs: Sequence[str | os.PathLike[str]],
     *,
@@ -74,7 +84,7 @@ def serve(
     threads: int | None = None,
 ) -> int:
     """Serve ``runs`` until Ctrl-C or SIGTERM; returns the exit code 0. ``threads``: torch's
-    intra-op threads for the engines (None: torch's default)."""
+    intra-op threads for the engines (None: :func:`engine_threads`)."""
     from lmforge.runs import load_run
     from lmforge.serving.app import ServedModel, Settings, create_app
     from lmforge.serving.engine import Engine
@@ -91,10 +101,9 @@ def serve(
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be in 0..65535 (0: any free port), got {port}")
     names = model_names(runs)
-    if threads is not None:
-        import torch
+    import torch
 
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or engine_threads())
     served = []
     for name, run_dir in zip(names, runs, strict=True):
         run = load_run(run_dir, checkpoint=checkpoint, device=device)

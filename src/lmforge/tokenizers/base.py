@@ -159,6 +159,10 @@ class StreamDecoder:
     trailing U+FFFD (an incomplete multi-byte character of a byte-level tokenizer) is held back
     until the bytes that complete it arrive, or until ``flush``.
 
+    Each push decodes a short window only: the tokens since the last fully emitted one, and
+    that one for context (a decoder may spell a token differently at the start of a text), so
+    a token costs the same however long the output is already.
+
     >>> d = tok.stream_decoder(); d.push(tok.encode("h")[0]) + d.push(tok.encode("i")[0])
     'hi'
     """
@@ -166,17 +170,27 @@ class StreamDecoder:
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
         self.ids: list[int] = []
-        self.emitted = 0
+        self.start = 0  # the window: ids[start:]; its first token is context once settled
+        self.context = ""  # the context's text: decode(ids[start : start + 1]), or ""
+        self.held = 0  # characters of the window's text returned so far
+        self.emitted = 0  # characters returned in all
 
     def push(self, token: int) -> str:
         """Add one token; return the text it completes."""
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
+        text = self.tokenizer.decode(self.ids[self.start :])
+        if not text.startswith(self.context):  # the context reads otherwise: wait for flush
+            return ""
         end = len(text)
-        while end > self.emitted and text[end - 1] == "\ufffd":
+        while end > self.held and text[end - 1] == "\ufffd":
             end -= 1
-        out = text[self.emitted : end]
-        self.emitted = end
+        out = text[self.held : end]
+        self.held = end
+        self.emitted += len(out)
+        if end == len(text):  # all out: the next window starts at this token
+            self.start = len(self.ids) - 1
+            self.context = self.tokenizer.decode(self.ids[self.start :])
+            self.held = len(self.context)
         return out
 
     def flush(self) -> str:
@@ -184,6 +198,7 @@ class StreamDecoder:
         text = self.tokenizer.decode(self.ids)
         out = text[self.emitted :]
         self.emitted = len(text)
+        self.start, self.context, self.held = len(self.ids), "", 0
         return out
 
 
