@@ -1,0 +1,163 @@
+"""benchmarks/ladder.py: its commands parse with lmforge's own parser, its rows merge across
+invocations, its tables render exactly, and its marker replacement is exact and idempotent."""
+
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmforge.cli import build_parser
+from lmforge.config import resolve_config
+from lmforge.errors import LmforgeError
+from lmforge.train_flags import ALL_TRAIN_FLAGS, nested_options
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import ladder
+
+
+def row(corpus: str, family: str, budget: float = 600, loss: float = 1.5, **extra) -> dict:
+    """A results-file row with round numbers."""
+    score = ladder.split_score(loss, predictions=1000, chars=4000)
+    return {
+        "corpus": corpus,
+        "family": family,
+        "flags": f"--model {family}",
+        "parameters": 12345,
+        "steps": 900,
+        "tokens": 7372800,
+        "train_s": 599.6,
+        "tokens_per_s": 12296.2,
+        "val": score,
+        "budget": budget,
+        **extra,
+    }
+
+
+def dry_run(capsys: pytest.CaptureFixture[str], monkeypatch, *argv: str) -> list[list[str]]:
+    monkeypatch.setattr(sys, "argv", ["ladder.py", "--dry-run", *argv])
+    ladder.main()
+    return [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_dry_run_prints_21_train_commands_that_lmforge_parses(capsys, monkeypatch) -> None:
+    commands = dry_run(capsys, monkeypatch)
+    parser = build_parser()
+    trains = [c for c in commands if c[3] == "train"]
+    assert len(trains) == 21
+    assert [c[3:5] for c in commands if c[3] != "train"] == [["tokenize", "train"]]
+    tokenizer_file = parser.parse_args(commands[0][3:]).output
+    for command in commands:
+        args = parser.parse_args(command[3:])  # exits on a renamed or unknown flag
+        if command[3] == "train":
+            config = resolve_config({**nested_options(args, ALL_TRAIN_FLAGS), "out": args.out})
+            assert config.train.time_budget == 600 and config.train.max_steps is None
+    kinds = {
+        resolve_config(
+            {**nested_options(parser.parse_args(c[3:]), ALL_TRAIN_FLAGS), "out": "x"}
+        ).tokenizer.kind
+        for c in trains
+    }
+    assert kinds == {"char", "word", "bpe"}
+    bpe_runs = [c for c in trains if "wikitext-2-bpe" in c[c.index("--out") + 1]]
+    assert len(bpe_runs) == 7
+    assert all(c[c.index("--tokenizer-file") + 1] == tokenizer_file for c in bpe_runs)
+
+
+def test_dry_run_of_the_preset_and_the_peer(capsys, monkeypatch) -> None:
+    commands = dry_run(
+        capsys,
+        monkeypatch,
+        "--corpora",
+        "tinyshakespeare",
+        "wikitext-2-word",
+        "--families",
+        "lstm-wt2",
+        "--time-budget",
+        "60",
+        "--peer",
+    )
+    (preset, peer) = commands  # the preset applies to the word-level corpus only
+    args = build_parser().parse_args(preset[3:])
+    config = resolve_config({**nested_options(args, ALL_TRAIN_FLAGS), "out": "x"})
+    assert (config.model["family"], config.tokenizer.word_split) == ("lstm", "whitespace")
+    assert config.train.time_budget == 60
+    assert peer[1].endswith("word_lm_example.py") and peer[2:4] == ["--time-budget", "60"]
+
+
+def test_rows_of_two_invocations_merge() -> None:
+    first = ladder.merge_rows({}, [row("tinyshakespeare", "bigram"), row("tinyshakespeare", "gru")])
+    second = ladder.merge_rows(first, [row("tinyshakespeare", "gru", loss=1.4), row("x", "lstm")])
+    assert list(second) == ["tinyshakespeare/bigram", "tinyshakespeare/gru", "x/lstm"]
+    assert second["tinyshakespeare/gru"]["val"]["loss"] == 1.4
+    assert second["tinyshakespeare/bigram"] == first["tinyshakespeare/bigram"]
+
+
+def test_results_file_round_trip_and_a_broken_file(tmp_path: Path) -> None:
+    path = tmp_path / "results" / "ladder.json"
+    assert ladder.load_results(path) == {}
+    rows = ladder.merge_rows({}, [row("tinyshakespeare", "lstm")])
+    ladder.save_results(rows, path)
+    assert ladder.load_results(path) == rows
+    path.write_text("{not json")
+    with pytest.raises(LmforgeError, match=r"ladder\.json is not valid JSON"):
+        ladder.load_results(path)
+
+
+def test_bits_per_char_is_total_nats_over_characters() -> None:
+    score = ladder.split_score(2.0, predictions=9, chars=40)
+    assert score["bits_per_char"] == pytest.approx(2.0 * 9 / 40 / math.log(2))
+    assert score["perplexity"] == pytest.approx(math.exp(2.0))
+
+
+def test_table_rows_are_exact_and_label_another_budget() -> None:
+    test = ladder.split_score(1.25, predictions=1000, chars=5000)
+    rows = ladder.merge_rows(
+        {},
+        [
+            row("wikitext-2-word", ladder.PEER),
+            row("wikitext-2-word", "lstm", budget=300, test=test),
+            row("tinyshakespeare", "bigram", loss=2.5),
+        ],
+    )
+    text = ladder.render_tables(rows, 600, "docs/img")
+    lines = text.splitlines()
+    assert (
+        "| bigram | `--model bigram` | 12,345 | 900 | 7,372,800 | 600 s | 12,296 | 2.5000 | "
+        f"12.18 | – | – | {2.5 * 1000 / 4000 / math.log(2):.3f} |"
+    ) in lines
+    assert (
+        "| lstm (300 s budget) | `--model lstm` | 12,345 | 900 | 7,372,800 | 600 s | 12,296 | "
+        f"1.5000 | 4.48 | 1.2500 | 3.49 | {1.25 / 5 / math.log(2):.3f} |"
+    ) in lines
+    # ladder order: Tiny Shakespeare first; in a table, the families before the peer
+    assert text.index("| bigram") < text.index("| lstm (300") < text.index(f"| {ladder.PEER}")
+    assert "![validation loss against wall time](docs/img/ladder-wikitext-2-word.png)" in lines
+    assert "ladder-wikitext-2-bpe.png" not in text  # no rows, no table, no picture
+    assert text.count("Published, not measured here") == 2
+    assert "test perplexity 65.8 (val 68.6)" in text and "val loss 1.4697" in text
+
+
+def test_marker_replacement_is_exact_and_idempotent() -> None:
+    doc = "# B\n\nbefore\n<!-- ladder:begin -->\nold\ntable\n<!-- ladder:end -->\nafter\n"
+    once = ladder.replace_between_markers(doc, "| new |")
+    assert once == "# B\n\nbefore\n<!-- ladder:begin -->\n| new |\n<!-- ladder:end -->\nafter\n"
+    assert ladder.replace_between_markers(once, "| new |") == once
+
+
+@pytest.mark.parametrize(
+    "doc",
+    ["no markers", "<!-- ladder:begin --> only", "<!-- ladder:end --> x <!-- ladder:begin -->"],
+)
+def test_missing_marker_is_a_clear_error(doc: str) -> None:
+    with pytest.raises(LmforgeError, match=r"guide.md has no <!-- ladder:begin --> \.\.\. <!--"):
+        ladder.replace_between_markers(doc, "x", "guide.md")
+
+
+def test_benchmarks_md_has_the_markers() -> None:
+    text = (Path(ladder.REPO) / "BENCHMARKS.md").read_text(encoding="utf-8")
+    assert ladder.replace_between_markers(text, "x") != text
+    assert "## The ladder on three corpora (issue 11)" in text
