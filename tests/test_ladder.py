@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lmforge.cli import build_parser
 from lmforge.config import resolve_config
@@ -161,3 +162,42 @@ def test_benchmarks_md_has_the_markers() -> None:
     text = (Path(ladder.REPO) / "BENCHMARKS.md").read_text(encoding="utf-8")
     assert ladder.replace_between_markers(text, "x") != text
     assert "## The ladder on three corpora (issue 11)" in text
+
+
+def test_the_peer_builds_its_vocabulary_and_columns_as_the_example() -> None:
+    import word_lm_example as peer
+
+    texts = [" = A = \n\n a b \n", " b c \n"]  # WikiText lines: spaces around, empty lines
+    vocab = peer.build_vocabulary(texts)
+    assert vocab == {"=": 0, "A": 1, "<eos>": 2, "a": 3, "b": 4, "c": 5}
+    assert peer.encode(texts[0], vocab).tolist() == [0, 1, 0, 2, 2, 3, 4, 2]
+    data = peer.batchify(torch.arange(11), 2)  # two sequential rows, the remainder dropped
+    assert data.tolist() == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    pieces = peer.bptt_batches(data, 3)
+    assert [(x.tolist(), y.tolist()) for x, y in pieces] == [
+        ([[0, 1, 2], [5, 6, 7]], [[1, 2, 3], [6, 7, 8]]),
+        ([[3], [8]], [[4], [9]]),
+    ]
+
+
+def test_the_peer_row_renders_in_the_word_level_table(tmp_path: Path, monkeypatch, capsys) -> None:
+    import json
+
+    import word_lm_example as peer
+
+    folder = tmp_path / "wikitext-2"
+    folder.mkdir()
+    for name in ("train", "valid", "test"):
+        (folder / f"{name}.txt").write_text(" = T = \n the cat sat \n the dog ran \n" * 3)
+    argv = ["word_lm_example.py", "--corpus", str(folder), "--batch-size", "2", "--json"]
+    argv += ["--time-budget", "0.5"]
+    monkeypatch.setattr(sys, "argv", argv)
+    peer.main()
+    result = json.loads(capsys.readouterr().out)
+    assert result["vocab_size"] == 8 and result["steps"] >= 1
+    chars = len(" = T = \n the cat sat \n the dog ran \n" * 3)
+    assert result["test"]["chars"] == chars
+    # 36 tokens in 10 columns of 3: 2 predictions each
+    assert result["test"]["predictions"] == 20
+    table = ladder.render_tables(ladder.merge_rows({}, [{**result, "budget": 0.5}]), 0.5, "img")
+    assert f"| {ladder.PEER} | `benchmarks/word_lm_example.py` |" in table
