@@ -405,7 +405,8 @@ def plot_curves(rows: dict[str, Any], corpus: str, path: Path) -> None:
     ax.set_ylabel("validation loss (nats/token, estimate)")
     ax.set_title(CORPORA[corpus].title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.lines:
+        ax.legend(fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
