@@ -165,22 +165,29 @@ def planned_rows(corpora: list[str], families: list[str]) -> list[tuple[str, str
     ]
 
 
-def row_key(corpus: str, family: str) -> str:
-    """The key of a row in the results file."""
-    return f"{corpus}/{family}"
+def row_key(row: dict[str, Any]) -> str:
+    """The key of a row in the results file: its corpus and family, and for the rows beyond
+    the ladder (the preset, the peer) also its budget, so that their 600 s and 3600 s runs
+    stand side by side.
+
+    >>> row_key({"corpus": "wikitext-2-word", "family": "lstm-wt2", "budget": 3600.0})
+    'wikitext-2-word/lstm-wt2@3600s'
+    """
+    key = f"{row['corpus']}/{row['family']}"
+    return key if row["family"] in FAMILIES else f"{key}@{row['budget']:g}s"
 
 
 def merge_rows(stored: dict[str, Any], new_rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The results file's rows with ``new_rows`` added, each replacing any stored row of the
-    same corpus and family.
+    same key (see :func:`row_key`).
 
-    >>> merge_rows({"a/x": {"corpus": "a", "family": "x", "steps": 1}},
-    ...            [{"corpus": "a", "family": "y", "steps": 2}]).keys()
-    dict_keys(['a/x', 'a/y'])
+    >>> merge_rows({"a/gru": {"corpus": "a", "family": "gru", "budget": 600, "steps": 1}},
+    ...            [{"corpus": "a", "family": "lstm", "budget": 600, "steps": 2}]).keys()
+    dict_keys(['a/gru', 'a/lstm'])
     """
     merged = dict(stored)
     for row in new_rows:
-        merged[row_key(row["corpus"], row["family"])] = row
+        merged[row_key(row)] = row
     return merged
 
 
@@ -326,7 +333,10 @@ def render_tables(rows: dict[str, Any], budget: float, image_dir: str) -> str:
     for corpus, spec in CORPORA.items():
         mine = sorted(
             (row for row in rows.values() if row["corpus"] == corpus),
-            key=lambda row: order.index(row["family"]) if row["family"] in order else len(order),
+            key=lambda row: (
+                order.index(row["family"]) if row["family"] in order else len(order),
+                row["budget"],
+            ),
         )
         if not mine:
             continue

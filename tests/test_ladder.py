@@ -97,6 +97,24 @@ def test_rows_of_two_invocations_merge() -> None:
     assert second["tinyshakespeare/bigram"] == first["tinyshakespeare/bigram"]
 
 
+def test_the_preset_and_the_peer_keep_a_row_per_budget() -> None:
+    rows = [
+        row("wikitext-2-word", f, budget=b) for f in ("lstm-wt2", ladder.PEER) for b in (600, 3600)
+    ]
+    merged = ladder.merge_rows({}, [*rows, row("wikitext-2-word", "lstm", budget=3600)])
+    merged = ladder.merge_rows(merged, [row("wikitext-2-word", "lstm", budget=600)])
+    assert sorted(merged) == [
+        "wikitext-2-word/lstm",
+        "wikitext-2-word/lstm-wt2@3600s",
+        "wikitext-2-word/lstm-wt2@600s",
+        f"wikitext-2-word/{ladder.PEER}@3600s",
+        f"wikitext-2-word/{ladder.PEER}@600s",
+    ]
+    table = ladder.render_tables(merged, 600, "img")
+    assert table.index("| lstm-wt2 |") < table.index("| lstm-wt2 (3600 s budget)")
+    assert table.index("| lstm-wt2 (3600 s") < table.index(f"| {ladder.PEER} |")
+
+
 def test_results_file_round_trip_and_a_broken_file(tmp_path: Path) -> None:
     path = tmp_path / "results" / "ladder.json"
     assert ladder.load_results(path) == {}
