@@ -22,7 +22,7 @@ def test_the_wt2_preset_sets_the_shape_and_the_training() -> None:
         "n_embd": 256,
         "n_hidden": 256,
         "n_layer": 2,
-        "dropout": 0.2,
+        "dropout": 0.1,
         "tie_weights": True,
     }
     train = config.train
