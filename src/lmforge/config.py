@@ -352,11 +352,11 @@ LSTM_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # WikiText-2 at word level (`--corpus wikitext-2 --tokenizer word --word-split whitespace`)
     # for ~10 CPU minutes. The 33,278-way softmax costs ~8× the two LSTM layers per token, so
     # the output width sets the speed: tied weights (embedding = hidden = 256) keep one big
-    # matrix, bfloat16 and the fused loss (automatic) keep it cheap, and batches of 32 × 35 use
-    # the cores better than the PyTorch example's 20 × 35 (1.57× the tokens/s of the example's
-    # untied 2×200 shape on the same CPU: BENCHMARKS.md, "The ladder on three corpora"). 600 s
-    # on the quiet 2-core CPU is about one epoch, where AdamW learns more per token than SGD
-    # and little dropout is needed (0.1; 0.2 suits runs of an hour).
+    # matrix, and bfloat16 with the fused loss (both automatic) keep it cheap: 1.07× the
+    # training tokens/s of the PyTorch example's untied 2×200 float32 model with 69 % of its
+    # parameters, where a tied 2×400 runs at 0.67× (BENCHMARKS.md, "The ladder on three
+    # corpora"). 600 s on the quiet 2-core CPU is about one epoch, where AdamW learns more per
+    # token than SGD and little dropout is needed (0.1; 0.2 suits runs of an hour).
     "wt2": {
         "model": {
             "n_embd": 256,
