@@ -83,3 +83,17 @@ def test_the_flag_offers_every_familys_presets(capsys) -> None:
     assert capsys.readouterr().err == (
         "lmforge: error: --preset applies to --model lstm only; drop it for gru\n"
     )
+
+
+def test_a_fine_tune_of_a_wt2_run_may_name_its_preset(tmp_path, capsys) -> None:
+    corpus = tmp_path / "words.txt"
+    corpus.write_text("the cat sat on the mat .\nthe dog ran to the cat .\n" * 20)
+    common = ["--corpus", str(corpus), "--max-steps", "1", "--eval-iters", "1", "--quiet"]
+    common += ["--batch-size", "2", "--block-size", "8", "--device", "cpu"]
+    source = tmp_path / "source"
+    argv = ["train", "--tokenizer", "word", "--model", "lstm", "--preset", "wt2", *common]
+    assert main([*argv, "--out", str(source)]) == 0
+    tuned = ["train", "--init-from", str(source), "--preset", "wt2", *common]
+    assert main([*tuned, "--out", str(tmp_path / "tuned")]) == 0, capsys.readouterr().err
+    assert main([*tuned, "--n-hidden", "128", "--out", str(tmp_path / "x")]) == 2
+    assert "--n-hidden 128 contradicts the model of --init-from" in capsys.readouterr().err
