@@ -340,7 +340,7 @@ def render_tables(rows: dict[str, Any], budget: float, image_dir: str) -> str:
         )
         if not mine:
             continue
-        parts.append(f"**{spec.title}**\n\n{corpus_table(mine, budget)}")
+        parts.append(f"**{spec.title}**\n\n{corpus_table(mine, budget)}\n\n{measured(mine)}")
         anchors = [a for a in ANCHORS if a[0] == corpus]
         if anchors:
             lines = [f"- {what}: {figure} ({source})" for _, what, figure, source in anchors]
@@ -354,6 +354,23 @@ def render_tables(rows: dict[str, Any], budget: float, image_dir: str) -> str:
             parts.append("Published, not measured here:\n\n" + "\n".join(lines) + note)
         parts.append(f"![validation loss against wall time]({image_dir}/ladder-{corpus}.png)")
     return "\n\n".join(parts)
+
+
+def measured(rows: list[dict[str, Any]]) -> str:
+    """When and where ``rows`` were measured, and how loaded the machine was, in one line.
+
+    >>> measured([{"date": "2026-11-30 09:12 UTC", "machine": "EPYC, 2 cores",
+    ...            "load_average": [0.9, 2.1], "commit": "abc1234"}])
+    'Measured 2026-11-30 on EPYC, 2 cores (load average 0.9–2.1), commit abc1234.'
+    """
+    days = sorted({row.get("date", "?")[:10] for row in rows})
+    machines = sorted({row.get("machine", "?") for row in rows})
+    loads = [load for row in rows for load in row.get("load_average", [])]
+    load = f" (load average {min(loads):g}–{max(loads):g})" if loads else ""
+    commits = sorted({row.get("commit", "?") for row in rows})
+    return (
+        f"Measured {', '.join(days)} on {'; '.join(machines)}{load}, commit {', '.join(commits)}."
+    )
 
 
 def corpus_table(rows: list[dict[str, Any]], budget: float) -> str:

@@ -156,6 +156,7 @@ def test_table_rows_are_exact_and_label_another_budget() -> None:
     assert text.index("| bigram") < text.index("| lstm (300") < text.index(f"| {ladder.PEER}")
     assert "![validation loss against wall time](docs/img/ladder-wikitext-2-word.png)" in lines
     assert "ladder-wikitext-2-bpe.png" not in text  # no rows, no table, no picture
+    assert "Measured ? on ?, commit ?." in lines  # rows without provenance say so
     assert text.count("Published, not measured here") == 2
     assert "test perplexity 65.8 (val 68.6)" in text and "val loss 1.4697" in text
 
