@@ -13,46 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if "LMFORGE_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data").is_dir():
-    os.environ["LMFORGE_DATA_DIR"] = str(REPO.parent / "shared" / "data")
+from bench_runs import LMFORGE, run, summarize
 
 COMMON = ["--corpus", "tinyshakespeare", "--tokenizer", "char", "--device", "cpu"]
 
 
-def run(cmd: list[str]) -> str:
-    """Run an lmforge command, echoing it; returns stdout."""
-    print("$ " + shlex.join(cmd), flush=True)
-    return subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
-
-
 def train_and_score(preset: str, budget: float, runs: Path) -> dict[str, float]:
     """Train ``preset`` for ``budget`` seconds; its steps, tokens/s, parameters and val loss."""
-    lmforge = [sys.executable, "-m", "lmforge"]
     out = runs / f"bench-preset-{preset}"
     flags = ["--model", "transformer", "--preset", preset, "--time-budget", str(budget)]
-    run([*lmforge, "train", *COMMON, *flags, "--out", str(out), "--overwrite", "--quiet"])
-    return summarize(out, json.loads(run([*lmforge, "eval", str(out), "--json"]))["loss"])
-
-
-def summarize(out: Path, val_loss: float) -> dict[str, float]:
-    """A trained run's steps, training seconds, tokens/s and parameters, with ``val_loss``."""
-    from lmforge.runs import load_run
-
-    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    return {
-        "steps": last["step"],
-        "train_s": last["elapsed_s"],
-        "tokens_per_s": last["tokens"] / max(last["elapsed_s"], 1e-9),
-        "parameters": load_run(out, device="cpu").model.num_parameters(),
-        "val_loss": val_loss,
-    }
+    run([*LMFORGE, "train", *COMMON, *flags, "--out", str(out), "--overwrite", "--quiet"])
+    val_loss = json.loads(run([*LMFORGE, "eval", str(out), "--json"]))["loss"]
+    return {**summarize(out), "val_loss": val_loss}
 
 
 def main() -> None:

@@ -15,18 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-if "LMFORGE_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data").is_dir():
-    os.environ["LMFORGE_DATA_DIR"] = str(REPO.parent / "shared" / "data")
+from bench_runs import LMFORGE, run
 
 COMMON = ["--corpus", "tinyshakespeare", "--tokenizer", "char", "--device", "cpu"]
 
@@ -75,13 +68,6 @@ def count_model_losses(train: np.ndarray, val: np.ndarray, vocab: int) -> dict[s
     }
 
 
-def run(cmd: list[str]) -> str:
-    """Run an lmforge command, echoing it; returns stdout."""
-    print("$ " + shlex.join(cmd), flush=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-    return proc.stdout
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -93,7 +79,6 @@ def main() -> None:
     parser.add_argument("--runs", default="runs", help="where the runs go")
     args = parser.parse_args()
     names = list(MODELS) if args.models == ["all"] else args.models
-    lmforge = [sys.executable, "-m", "lmforge"]
 
     from lmforge.config import resolve_config
     from lmforge.training.trainer import prepare_data
@@ -112,9 +97,9 @@ def main() -> None:
         flags, bar, bar_text = MODELS[name]
         out = Path(args.runs) / f"bench-{name}"
         started = time.perf_counter()
-        run([*lmforge, "train", *COMMON, *flags, "--out", str(out), "--overwrite", "--quiet"])
+        run([*LMFORGE, "train", *COMMON, *flags, "--out", str(out), "--overwrite", "--quiet"])
         wall = time.perf_counter() - started
-        result = json.loads(run([*lmforge, "eval", str(out), "--json"]))
+        result = json.loads(run([*LMFORGE, "eval", str(out), "--json"]))
         metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         results.append(
             (

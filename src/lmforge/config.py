@@ -347,6 +347,45 @@ TRANSFORMER_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 FAMILY_DEFAULTS["transformer"] = TRANSFORMER_PRESETS["tiny"]
 
+# LSTM presets (`--model lstm --preset NAME`).
+LSTM_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # WikiText-2 at word level (`--corpus wikitext-2 --tokenizer word --word-split whitespace`)
+    # for ~10 CPU minutes. The 33,278-way softmax costs ~8× the two LSTM layers per token, so
+    # the output width sets the speed: tied weights (embedding = hidden = 256) keep one big
+    # matrix, and bfloat16 with the fused loss (both automatic) keep it cheap: 1.07× the
+    # training tokens/s of the PyTorch example's untied 2×200 float32 model with 69 % of its
+    # parameters, where a tied 2×400 runs at 0.67× (BENCHMARKS.md, "The ladder on three
+    # corpora"). 600 s on the quiet 2-core CPU is about one epoch, where AdamW learns more per
+    # token than SGD and little dropout is needed (0.1; 0.2 suits runs of an hour).
+    "wt2": {
+        "model": {
+            "n_embd": 256,
+            "n_hidden": 256,
+            "n_layer": 2,
+            "dropout": 0.1,
+            "tie_weights": True,
+        },
+        "train": {
+            "batch_size": 32,
+            "block_size": 35,
+            "max_steps": 20000,
+            "learning_rate": 3e-3,
+            "min_lr": 3e-4,
+            "warmup_steps": 100,
+            "weight_decay": 0.1,
+            "grad_clip": 0.25,
+            "eval_interval": 500,
+            "eval_iters": 20,
+        },
+    },
+}
+
+# Every family's presets: `--preset NAME` looks the name up in its model's table.
+PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
+    "transformer": TRANSFORMER_PRESETS,
+    "lstm": LSTM_PRESETS,
+}
+
 # On a GPU, a corpus of this many bytes or more gets the GPT-2 124M preset instead of `small`.
 GPT2_PRESET_MIN_BYTES = 100_000_000
 
@@ -377,7 +416,7 @@ def resolve_config(overrides: dict[str, Any], config_file: str | Path | None = N
     if family == "transformer":
         base = _merge(base, transformer_preset(preset, layered))
     elif preset is not None:
-        raise ConfigError(f"--preset applies to --model transformer only; drop it for {family}")
+        base = _merge(base, family_preset(family, preset))
     merged = _merge(base, layered)
     merged["model"].pop("preset", None)
     model_block = merged["model"].get("block_size")
@@ -406,11 +445,35 @@ def transformer_preset(name: str | None, given: dict[str, Any]) -> dict[str, Any
 
         device = pick_device(given.get("train", {}).get("device"))
         name = auto_transformer_preset(device.type, lambda: _corpus_bytes(given))
-    if name not in TRANSFORMER_PRESETS:
+    return family_preset("transformer", name)
+
+
+def family_preset(family: str, name: str) -> dict[str, Any]:
+    """The settings of preset ``name`` of model ``family`` (``{"model": ..., "train": ...}``),
+    or a one-line error naming the presets there are.
+
+    >>> family_preset("lstm", "wt2")["model"]["n_hidden"]
+    256
+    """
+    presets = PRESETS.get(family, {})
+    if name in presets:
+        return copy.deepcopy(presets[name])
+    owners = [other for other, table in PRESETS.items() if name in table]
+    if owners:
+        hint = f", or choose {family}'s preset {', '.join(presets)}" if presets else ""
         raise ConfigError(
-            f"unknown preset {name!r}; choose one of {', '.join(TRANSFORMER_PRESETS)}"
+            f"--preset applies to --model {owners[0]} only; drop it for {family}{hint}"
         )
-    return copy.deepcopy(TRANSFORMER_PRESETS[name])
+    if presets:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
+    raise ConfigError(
+        f"--preset applies to --model {' or '.join(PRESETS)} only; drop it for {family}"
+    )
+
+
+def preset_names() -> list[str]:
+    """Every family's preset names, for the ``--preset`` flag."""
+    return [name for table in PRESETS.values() for name in table]
 
 
 def auto_transformer_preset(device_type: str, corpus_bytes: Callable[[], int]) -> str:

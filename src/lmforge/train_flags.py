@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from lmforge.config import preset_names
+
 DATA_FLAGS: list[tuple[str, dict[str, Any]]] = [
     (
         "--corpus",
@@ -140,9 +142,10 @@ MODEL_FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--preset",
         {
             "dest": "model.preset",
-            "choices": ["tiny", "small", "gpt2", "llama"],
-            "help": "transformer size and training preset (default: tiny on a CPU, small on "
-            "a GPU; llama: tiny's compute in Llama's architecture); size flags override it",
+            "choices": preset_names(),
+            "help": "size and training preset of the model; transformer: tiny (default on a "
+            "CPU), small (default on a GPU), gpt2, llama (tiny's compute in Llama's "
+            "architecture); lstm: wt2 (word-level WikiText-2); size flags override it",
         },
     ),
     ("--n-embd", {"dest": "model.n_embd", "type": int, "help": "embedding size"}),

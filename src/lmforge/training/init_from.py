@@ -135,10 +135,11 @@ def init_from_settings(layered: dict[str, Any]) -> dict[str, Any]:
     given_model = dict(layered.get("model", {}))
     preset = given_model.pop("preset", None)
     if preset is not None:
-        from lmforge.config import transformer_preset
+        from lmforge.config import family_preset
 
         # a preset brings its training settings; its shape must be the source's
-        _check_model(init_from, source_model, transformer_preset(preset, {})["model"], "--preset")
+        shape = family_preset(source_model.get("family", "lstm"), preset)["model"]
+        _check_model(init_from, source_model, shape, "--preset")
     _check_model(init_from, source_model, given_model, None)
     _check_tokenizer(init_from, layered.get("tokenizer", {}), str(tokenizer_file), tokenizer.kind)
     model = {**source_model, **{k: v for k, v in given_model.items() if k in FREE_MODEL_OPTIONS}}
