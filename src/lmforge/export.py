@@ -158,6 +158,18 @@ def gpt2_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _shared_settings(config: Any, eos_token_id: int | None) -> dict[str, Any]:
+    """The ``config.json`` entries every exported architecture writes alike."""
+    return {
+        "initializer_range": 0.02,
+        "tie_word_embeddings": config.tie_weights,
+        "bos_token_id": eos_token_id,
+        "eos_token_id": eos_token_id,
+        "use_cache": True,
+        "torch_dtype": "float32",
+    }
+
+
 def gpt2_config(model: LanguageModel, eos_token_id: int | None = None) -> dict[str, Any]:
     """The ``config.json`` of ``transformers.GPT2Config`` for this model's shape.
 
@@ -181,15 +193,10 @@ def gpt2_config(model: LanguageModel, eos_token_id: int | None = None) -> dict[s
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,
         "layer_norm_epsilon": config.norm_eps,
-        "initializer_range": 0.02,
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": config.tie_weights,
-        "bos_token_id": eos_token_id,
-        "eos_token_id": eos_token_id,
-        "use_cache": True,
-        "torch_dtype": "float32",
+        **_shared_settings(config, eos_token_id),
     }
 
 
@@ -267,12 +274,7 @@ def neox_config(model: LanguageModel, eos_token_id: int | None = None) -> dict[s
         "attention_dropout": config.dropout,
         "hidden_dropout": config.dropout,
         "layer_norm_eps": config.norm_eps,
-        "initializer_range": 0.02,
-        "tie_word_embeddings": config.tie_weights,
-        "bos_token_id": eos_token_id,
-        "eos_token_id": eos_token_id,
-        "use_cache": True,
-        "torch_dtype": "float32",
+        **_shared_settings(config, eos_token_id),
     }
 
 
@@ -355,12 +357,7 @@ def llama_config(model: LanguageModel, eos_token_id: int | None = None) -> dict[
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
         "rope_theta": config.rope_theta,
         "attention_dropout": config.dropout,
-        "initializer_range": 0.02,
-        "tie_word_embeddings": config.tie_weights,
-        "bos_token_id": eos_token_id,
-        "eos_token_id": eos_token_id,
-        "use_cache": True,
-        "torch_dtype": "float32",
+        **_shared_settings(config, eos_token_id),
     }
     if architecture == "qwen2":
         settings.update(use_sliding_window=False, sliding_window=None)
