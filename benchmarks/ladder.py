@@ -38,6 +38,8 @@ from lmforge.errors import LmforgeError
 RESULTS = REPO / "benchmarks" / "results" / "ladder.json"
 BEGIN, END = "<!-- ladder:begin -->", "<!-- ladder:end -->"
 BPE_VOCAB = 8192
+# what a run of this script writes (they do not make the checkout "dirty")
+OWN_OUTPUTS = ("benchmarks/results", "BENCHMARKS.md", "docs/guide.md", "docs/img/ladder-*.png")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,14 +254,17 @@ def machine() -> str:
 
 
 def git_commit() -> str:
-    """The short hash of the checked-out commit (+ "-dirty" with uncommitted changes)."""
+    """The short hash of the checked-out commit (+ "-dirty" with uncommitted changes other
+    than the results and documents this script writes itself)."""
 
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
         ).stdout.strip()
 
-    return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain") else "")
+    own = [f":(exclude){path}" for path in OWN_OUTPUTS]
+    changed = git("status", "--porcelain", "--", ".", *own)
+    return git("rev-parse", "--short", "HEAD") + ("-dirty" if changed else "")
 
 
 def measure_row(
@@ -322,9 +327,12 @@ def render_tables(rows: dict[str, Any], budget: float, image_dir: str) -> str:
     parts = [
         f"Each model trains for `--time-budget {budget:g}` seconds on the CPU with its family's "
         "defaults plus the flags shown, then `lmforge eval RUN --split S --stride BLOCK --json` "
-        "scores every prediction of the split (models with a finite context in non-overlapping "
-        "windows of their training window; recurrent models carry their state through the "
-        "whole split). **Bits per character** = total nats over the split's predictions / "
+        "scores every prediction of the split (the Transformer in non-overlapping windows of its "
+        "training window; the recurrent models carry their state through the whole split; the "
+        "context models slide their window of the last `--block-size` tokens along it, so "
+        "every prediction averages a full window, where the training estimates of the curves "
+        "average windows of 1 to `--block-size` tokens; the bigram needs no context). "
+        "**Bits per character** = total nats over the split's predictions / "
         "characters of the split's text as read (spaces and newlines included; for "
         "WikiText-2 the characters of test.txt, whatever the tokenizer) / ln 2, so the three "
         "tokenizations of WikiText-2 are compared on the same text. It is the test split's "
