@@ -232,3 +232,46 @@ def test_tokens_that_arrive_together_share_the_gap_since_the_last(
     assert asyncio.run(main()) == ["", "b", "cde"]
     assert first == [1.0]
     assert gaps == pytest.approx([0.1, 0.1, 0.1])
+
+
+class RecordingLoop:
+    """Stands in for an event loop: records the calls handed to it."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def call_soon_threadsafe(self, fn: Any, *args: Any) -> None:
+        self.calls.append((fn, args))
+
+    def run_calls(self) -> None:
+        calls, self.calls = self.calls, []
+        for fn, args in calls:
+            fn(*args)
+
+
+def test_an_event_loop_is_woken_at_most_once_per_interval_for_plain_tokens() -> None:
+    engine = Engine(tiny_transformer(), delivery_interval=3600.0)
+    loop = RecordingLoop()
+    seq = Sequence(Request([1], SampleConfig()), engine=engine, loop=loop)  # type: ignore[arg-type]
+    tokens = [TokenInfo(t, -1.0) for t in range(6)]
+    engine._deliver({loop: [(seq, [tokens[0]])]})
+    assert len(loop.calls) == 1  # the first token goes at once: the time to first token
+    loop.run_calls()
+    engine._deliver({loop: [(seq, [tokens[1]])]})
+    engine._deliver({loop: [(seq, [tokens[2]])]})
+    assert loop.calls == [] and list(seq._items) == tokens[:1]  # held: within the interval
+    engine.delivery_interval = 0.0  # the interval has passed
+    engine._deliver({loop: [(seq, [tokens[3]])]})
+    engine._deliver({loop: [(seq, [tokens[4]])]})
+    assert len(loop.calls) == 1  # a loop that was woken and has not read is not woken again
+    loop.run_calls()
+    assert list(seq._items) == tokens[:5]  # the held ones came with the later step's
+    engine.delivery_interval = 3600.0
+    engine._deliver({loop: [(seq, [tokens[5], _END])]})
+    assert len(loop.calls) == 1  # an end goes at once
+    loop.run_calls()
+    engine._deliver({loop: [(seq, [tokens[0]])]})
+    assert loop.calls == []
+    engine._deliver({}, flush=True)  # the engine is about to wait: everything held goes
+    loop.run_calls()
+    assert list(seq._items) == [*tokens, _END, tokens[0]]

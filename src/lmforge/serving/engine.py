@@ -10,7 +10,11 @@ Each loop of the engine thread
 2. runs ONE batched decode step for the rows already in the batch;
 3. samples each row's next token with the request's own :class:`SampleConfig` and
    ``torch.Generator`` (:func:`generation.process_logits`, :func:`generation.sample_next`), and
-   hands the tokens to the asyncio side with ``loop.call_soon_threadsafe``;
+   hands the tokens to the asyncio side with ``loop.call_soon_threadsafe`` (an event loop is
+   woken at most once per ``delivery_interval``, 10 ms, for tokens: a fast step's tokens reach
+   it a few at a time, so the loop's per-wake work, which holds the GIL the engine needs,
+   is paid per chunk rather than per token; a sequence's first token and its end are handed
+   over at once);
 4. drops finished and cancelled rows at once; a Transformer row whose window is full leaves
    the batch and re-reads its slid window alone (:func:`generation.slide_window`), then joins
    again.
@@ -33,6 +37,8 @@ import dataclasses
 import itertools
 import math
 import threading
+import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -106,6 +112,7 @@ class Sequence:
         self._items: deque[Any] = deque()  # tokens, then _END or an exception, which stay
         self._waiter: asyncio.Future[None] | None = None
         self._cancelled = False
+        self._started = False  # engine thread: whether an item of it was handed over yet
 
     def cancel(self) -> None:
         """Stop generating (thread-safe, idempotent): the slot is freed before the engine's
@@ -169,6 +176,18 @@ def _is_token(item: Any) -> bool:
     return item is not _END and not isinstance(item, BaseException)
 
 
+def _urgent(batch: list[tuple[Sequence, list[Any]]]) -> bool:
+    """Whether items must reach their loop now: a sequence's first token (its time to first
+    token), an end or an error. Runs on the engine thread, which marks each sequence once."""
+    urgent = False
+    for seq, items in batch:
+        if not seq._started:
+            seq._started = urgent = True
+        elif not urgent and not all(_is_token(item) for item in items):
+            urgent = True
+    return urgent
+
+
 # what a step hands each event loop: its sequences and their new items
 Outbox = dict[asyncio.AbstractEventLoop, list[tuple[Sequence, list[Any]]]]
 
@@ -201,7 +220,13 @@ class Engine:
     """The continuous-batching engine of one model (see the module docstring)."""
 
     def __init__(
-        self, model: LanguageModel, *, max_batch: int = 32, max_queue: int = 256, name: str = ""
+        self,
+        model: LanguageModel,
+        *,
+        max_batch: int = 32,
+        max_queue: int = 256,
+        name: str = "",
+        delivery_interval: float = 0.01,
     ) -> None:
         if max_batch < 1 or max_queue < 0:
             raise LmforgeError(
@@ -212,6 +237,7 @@ class Engine:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.name = name
+        self.delivery_interval = delivery_interval
         self.on_step: Callable[[int, int], None] | None = None
         self._device = _model_device(model)
         self._vocab_size = int(model.config.vocab_size)
@@ -226,7 +252,11 @@ class Engine:
         self._abort = False
         self._steps = 0
         self._mail_lock = threading.Lock()
-        self._mail: Outbox = {}
+        self._mail: Outbox = {}  # items each loop has not read yet
+        self._woken: set[asyncio.AbstractEventLoop] = set()  # loops with a read scheduled
+        self._last_wake: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, float] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- the asyncio side -------------------------------------------------------------------
 
@@ -389,32 +419,43 @@ class Engine:
             self._sample_and_deliver(logits, outbox)
         self._drop_cancelled(outbox)
         self._steps += 1
-        self._deliver(outbox)
+        self._deliver(outbox, flush=not (self._rows or self._rejoining))
         if self.on_step is not None:
             with contextlib.suppress(Exception):  # a metrics hook must not stop generation
                 self.on_step(self.active, self.queued)
 
-    def _deliver(self, outbox: Outbox) -> None:
+    def _deliver(self, outbox: Outbox, flush: bool = False) -> None:
         """Hand each loop its sequences' items. A loop is woken once for whatever piles up
-        until it reads its mail: a loop that falls behind the engine gets several steps'
-        tokens at once instead of a wake-up per step."""
-        for loop, batch in outbox.items():
-            with self._mail_lock:
-                pending = self._mail.get(loop)
-                if pending is not None:
-                    pending.extend(batch)
+        until it reads its mail, and for plain tokens at most once per
+        ``delivery_interval``: a first token, an end or an error wakes it at once, and so
+        does ``flush`` (the engine is about to wait). Held tokens go with a later step's."""
+        now = time.monotonic()
+        urgent = {loop for loop, batch in outbox.items() if _urgent(batch)}
+        wake = []
+        with self._mail_lock:
+            for loop, batch in outbox.items():
+                self._mail.setdefault(loop, []).extend(batch)
+            for loop in self._mail:
+                if loop in self._woken:
                     continue
-                self._mail[loop] = batch
+                since = now - self._last_wake.get(loop, -math.inf)
+                if flush or loop in urgent or since >= self.delivery_interval:
+                    self._woken.add(loop)
+                    self._last_wake[loop] = now
+                    wake.append(loop)
+        for loop in wake:
             try:
                 loop.call_soon_threadsafe(self._read_mail, loop)
             except RuntimeError:  # a closed loop: nobody is listening any more
                 with self._mail_lock:
                     self._mail.pop(loop, None)
+                    self._woken.discard(loop)
 
     def _read_mail(self, loop: asyncio.AbstractEventLoop) -> None:
         """Runs on ``loop``: put the items delivered to it into their sequences."""
         with self._mail_lock:
             batch = self._mail.pop(loop, [])
+            self._woken.discard(loop)
         for seq, items in batch:
             seq._put(items)
 
