@@ -8,7 +8,9 @@ streaming ``/v1/completions`` requests (128 new tokens each, sampled at temperat
 prompts of mixed lengths cut from the corpus) and reports:
 
 * aggregate generated tokens/s (all clients' tokens over the level's wall time),
-* p50 / p99 time to first token and inter-token latency (over every chunk of every client),
+* p50 / p99 time to first token and gap between chunks (over every chunk of every client),
+  and the mean tokens per chunk (the engine wakes the server's event loop at most every 10 ms
+  for plain tokens, so a fast model's tokens arrive a few to a chunk),
 * errors (non-200 responses, broken streams, fewer tokens than asked),
 * the server process's CPU time per generated token (user + system, all its threads; Linux):
   on a machine shared with other jobs, wall-clock rates swing with the load while CPU time per
@@ -16,12 +18,16 @@ prompts of mixed lengths cut from the corpus) and reports:
 
 each the median over ``--repeats`` rounds of the level (errors: the total),
 
-and ``generation.generate_ids`` in this process (what ``lmforge sample`` runs) on the same
-weights, 128 tokens from one of the prompts, as the single-client peer (tokens/s and CPU time
-per token, median of ``--repeats``): with torch's default threads (as ``lmforge sample`` runs)
-and with one (on a busy machine the default can be many times slower: the intra-op threads
-wait for cores). Goals: 0 errors;
-64 clients ≥ 10× the 1-client rate; 1 client ≥ 0.9× ``sample``'s rate.
+the serving engine alone in this process (no HTTP: requests submitted to an ``Engine`` on the
+same weights, prompts and settings, with serve's engine threads) for 1 and for the most
+clients, the bound the server's rates cannot pass; and ``generation.generate_ids`` in this
+process (what ``lmforge sample`` runs) on the same weights, 128 tokens from the single client's
+prompt, as the single-client peer (tokens/s and CPU time per token, median of ``--repeats``;
+its rounds and the engine alone's are taken in turn with the single-client level's, so that a
+drift of the machine's speed hits them alike): with torch's default threads (as ``lmforge
+sample`` runs) and with one (on a busy machine the default can be many times slower: the
+intra-op threads wait for cores). Goals: 0 errors; 64 clients ≥ 10× the 1-client rate;
+1 client ≥ 0.9× ``sample``'s rate.
 
     python benchmarks/serve_load.py                        # trains both runs in a temp dir
     python benchmarks/serve_load.py --runs runs/tiny runs/lstm --clients 1 8 32 64
@@ -42,7 +48,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import torch
@@ -50,6 +58,8 @@ import torch
 from lmforge.data.corpora import resolve_corpus
 from lmforge.generation import SampleConfig, generate_ids, prompt_ids
 from lmforge.runs import load_run
+from lmforge.serving.engine import Engine, Request, Sequence, TokenInfo
+from lmforge.serving.server import engine_threads
 
 TRAIN = {
     "tiny": ["--model", "transformer", "--preset", "tiny"],
@@ -142,7 +152,7 @@ async def one_client(
     if generated != tokens or not arrivals:
         return {"error": f"{generated} tokens of {tokens}"}
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    return {"ttft": arrivals[0] - sent, "gaps": gaps, "tokens": generated}
+    return {"ttft": arrivals[0] - sent, "gaps": gaps, "tokens": generated, "chunks": len(arrivals)}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -183,6 +193,7 @@ async def load_level(port: int, model: str, prompts: list[str], tokens: int) -> 
         "ttft_p99": percentile(ttfts, 99),
         "itl_p50": percentile(gaps, 50),
         "itl_p99": percentile(gaps, 99),
+        "per_chunk": sum(r["tokens"] for r in good) / max(1, sum(r["chunks"] for r in good)),
         "errors": len(errors),
         "first_error": errors[0] if errors else "",
     }
@@ -191,45 +202,110 @@ async def load_level(port: int, model: str, prompts: list[str], tokens: int) -> 
 def measured_level(
     server: subprocess.Popen, port: int, model: str, prompts: list[str], tokens: int, repeats: int
 ) -> dict:
-    """:func:`load_level` ``repeats`` times: the median of each figure, the errors summed, and
-    the server's CPU milliseconds per generated token."""
+    """:func:`load_level` ``repeats`` times, with the server's CPU milliseconds per generated
+    token of each round, merged by :func:`merged_rounds`."""
     rounds = []
     for _ in range(repeats):
         cpu = cpu_seconds(server.pid)
         level = asyncio.run(load_level(port, model, prompts, tokens))
         level["cpu_ms"] = 1000 * (cpu_seconds(server.pid) - cpu) / (len(prompts) * tokens)
         rounds.append(level)
+    return merged_rounds(rounds)
+
+
+def merged_rounds(rounds: list[dict]) -> dict:
+    """The median of each figure over the rounds of a level, the errors summed."""
     merged = {key: statistics.median(r[key] for r in rounds) for key in FIGURES}
     merged["errors"] = sum(r["errors"] for r in rounds)
     merged["first_error"] = next((r["first_error"] for r in rounds if r["first_error"]), "")
     return merged
 
 
-FIGURES = ("tokens_per_s", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "cpu_ms")
+FIGURES = ("tokens_per_s", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "per_chunk", "cpu_ms")
 
 
-def sample_rate(
-    run: Path, prompt: str, tokens: int, repeats: int, threads: int
-) -> tuple[float, float]:
-    """``lmforge sample``'s loop (generate_ids, temperature 0.8) in this process's main thread
-    with ``threads`` torch threads: tokens/s and CPU milliseconds per token, medians of
-    ``repeats``."""
-    loaded = load_run(run, device="cpu")
-    ids = prompt_ids(loaded.tokenizer, prompt)
+def sample_round(model: Any, ids: list[int], tokens: int, threads: int) -> tuple[float, float]:
+    """One run of ``lmforge sample``'s loop (generate_ids, temperature 0.8) in this process's
+    main thread with ``threads`` torch threads: tokens/s and CPU milliseconds per token."""
     config = SampleConfig(max_new_tokens=tokens, temperature=0.8, seed=0)
     default_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    rates, cpu_ms = [], []
     try:
-        for _ in range(repeats):
-            started, cpu = time.perf_counter(), time.process_time()
-            for _ in generate_ids(loaded.model, ids, config):
-                pass
-            rates.append(tokens / (time.perf_counter() - started))
-            cpu_ms.append(1000 * (time.process_time() - cpu) / tokens)
+        started, cpu = time.perf_counter(), time.process_time()
+        for _ in generate_ids(model, ids, config):
+            pass
+        return tokens / (time.perf_counter() - started), 1000 * (time.process_time() - cpu) / tokens
     finally:
         torch.set_num_threads(default_threads)
-    return statistics.median(rates), statistics.median(cpu_ms)
+
+
+def engine_rate(model: Any, prompts: list[list[int]], tokens: int, threads: int) -> float:
+    """Generated tokens/s of the serving engine alone, in this process (no HTTP): every prompt
+    submitted at once, as the clients of a level are."""
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+    async def one(engine: Engine, i: int, prompt: list[int]) -> int:
+        config = SampleConfig(max_new_tokens=tokens, temperature=0.8, seed=i)
+        seq = engine.submit(Request(prompt, config, logprobs=False))
+        return sum([len(batch) async for batch in _batches(seq)])
+
+    async def level() -> float:
+        engine = Engine(model, max_batch=len(prompts), max_queue=len(prompts))
+        engine.start()
+        try:
+            started = time.perf_counter()
+            counts = await asyncio.gather(*(one(engine, i, p) for i, p in enumerate(prompts)))
+            return sum(counts) / (time.perf_counter() - started)
+        finally:
+            await asyncio.to_thread(engine.stop)
+
+    try:
+        return asyncio.run(level())
+    finally:
+        torch.set_num_threads(default_threads)
+
+
+async def _batches(seq: Sequence) -> AsyncIterator[list[TokenInfo]]:
+    """The tokens of ``seq`` as they come, a batch at a time."""
+    while batch := await seq.next_tokens():
+        yield batch
+
+
+def peer_threads() -> list[int]:
+    """The torch threads the ``sample`` peer runs with: the default (as ``lmforge sample``
+    runs) and one."""
+    return sorted({torch.get_num_threads(), 1}, reverse=True)
+
+
+def single_level(
+    server: subprocess.Popen,
+    port: int,
+    model_id: str,
+    model: Any,
+    prompts: list[str],
+    tokens: int,
+    repeats: int,
+    threads_alone: int,
+    tokenizer: Any,
+) -> tuple[dict, dict[str, Any]]:
+    """The fewest-clients level and its peers, a round of each in turn (so that a machine
+    whose speed drifts affects them alike): the level's figures as :func:`measured_level`
+    gives them; the engine alone's tokens/s, and each ``sample`` loop's (tokens/s, CPU ms per
+    token) on the first prompt; medians over ``repeats`` rounds."""
+    ids = [prompt_ids(tokenizer, p) for p in prompts]
+    rounds: list[dict] = []
+    engine: list[float] = []
+    samples: dict[int, list[tuple[float, float]]] = {t: [] for t in peer_threads()}
+    for _ in range(repeats):
+        rounds.append(measured_level(server, port, model_id, prompts, tokens, 1))
+        engine.append(engine_rate(model, ids, tokens, threads_alone))
+        for threads, values in samples.items():
+            values.append(sample_round(model, ids[0], tokens, threads))
+    peers: dict[str, Any] = {"engine": statistics.median(engine)}
+    for threads, values in samples.items():
+        peers[f"sample {threads}"] = tuple(statistics.median(v[i] for v in values) for i in (0, 1))
+    return merged_rounds(rounds), peers
 
 
 def main() -> None:
@@ -258,32 +334,64 @@ def main() -> None:
                 f"server threads: {threads}\n"
             )
             print(
-                "| model | clients | tok/s | vs 1 | TTFT p50/p99 ms | ITL p50/p99 ms "
+                "| model | clients | tok/s | vs 1 | TTFT p50/p99 ms | chunk gap p50/p99 ms "
+                "| tokens/chunk "
                 "| CPU ms/token | errors |"
             )
-            print("|---|---|---|---|---|---|---|---|")
+            print("|---|---|---|---|---|---|---|---|---|")
             for run in runs:
                 name = run.resolve().name
+                loaded = load_run(run, device="cpu")
+                threads_alone = args.server_threads or engine_threads()
                 single = None
                 for clients in args.clients:
                     prompts = mixed_prompts(text, clients, seed=clients)
-                    level = measured_level(server, port, name, prompts, args.tokens, args.repeats)
-                    single = single or level
+                    if single is None:  # the peers measured round by round with this level
+                        level, peers = single_level(
+                            server,
+                            port,
+                            name,
+                            loaded.model,
+                            prompts,
+                            args.tokens,
+                            args.repeats,
+                            threads_alone,
+                            loaded.tokenizer,
+                        )
+                        single = level
+                    else:
+                        level = measured_level(
+                            server, port, name, prompts, args.tokens, args.repeats
+                        )
                     print(
                         f"| {name} | {clients} | {level['tokens_per_s']:.0f} "
                         f"| {level['tokens_per_s'] / single['tokens_per_s']:.1f}× "
                         f"| {1000 * level['ttft_p50']:.0f} / {1000 * level['ttft_p99']:.0f} "
                         f"| {1000 * level['itl_p50']:.1f} / {1000 * level['itl_p99']:.1f} "
+                        f"| {level['per_chunk']:.1f} "
                         f"| {level['cpu_ms']:.2f} "
                         f"| {level['errors']} {level['first_error']} |",
                         flush=True,
                     )
-                prompt = mixed_prompts(text, 1, seed=0)[0]
-                for threads in sorted({torch.get_num_threads(), 1}, reverse=True):
-                    rate, cpu_ms = sample_rate(run, prompt, args.tokens, args.repeats, threads)
+                most = mixed_prompts(text, max(args.clients), seed=max(args.clients))
+                most_ids = [prompt_ids(loaded.tokenizer, p) for p in most]
+                rates = [
+                    engine_rate(loaded.model, most_ids, args.tokens, threads_alone)
+                    for _ in range(args.repeats)
+                ]
+                alone = {min(args.clients): peers["engine"]}
+                alone[max(args.clients)] = statistics.median(rates)
+                for clients, rate in alone.items():
+                    print(
+                        f"| {name} | engine alone (no HTTP), {clients} | {rate:.0f} "
+                        f"| {rate / alone[min(alone)]:.1f}× | | | | | |",
+                        flush=True,
+                    )
+                for threads in peer_threads():
+                    rate, cpu_ms = peers[f"sample {threads}"]
                     print(
                         f"| {name} | `sample` loop, {threads} thread(s) | {rate:.0f} "
-                        f"| 1 client / sample: {single['tokens_per_s'] / rate:.2f}× | | "
+                        f"| 1 client / sample: {single['tokens_per_s'] / rate:.2f}× | | | "
                         f"| {cpu_ms:.2f} (1 client / sample: {single['cpu_ms'] / cpu_ms:.2f}×) "
                         "| |",
                         flush=True,
