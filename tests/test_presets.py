@@ -26,8 +26,9 @@ def test_the_wt2_preset_sets_the_shape_and_the_training() -> None:
         "tie_weights": True,
     }
     train = config.train
-    assert (train.batch_size, train.block_size, train.learning_rate) == (32, 35, 3e-3)
-    assert (train.grad_clip, train.min_lr, train.optimizer) == (0.25, 3e-4, "adamw")
+    assert (train.batch_size, train.block_size, train.grad_clip) == (32, 35, 0.25)
+    assert (train.optimizer, train.learning_rate, train.lr_schedule) == ("sgd", 20.0, "constant")
+    assert (train.warmup_steps, train.weight_decay) == (0, 0.0)
 
 
 def test_size_flags_and_a_budget_override_the_preset() -> None:
