@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -48,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -224,26 +225,31 @@ def merged_rounds(rounds: list[dict]) -> dict:
 FIGURES = ("tokens_per_s", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "per_chunk", "cpu_ms")
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` inside the block, restored after."""
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(default_threads)
+
+
 def sample_round(model: Any, ids: list[int], tokens: int, threads: int) -> tuple[float, float]:
     """One run of ``lmforge sample``'s loop (generate_ids, temperature 0.8) in this process's
     main thread with ``threads`` torch threads: tokens/s and CPU milliseconds per token."""
     config = SampleConfig(max_new_tokens=tokens, temperature=0.8, seed=0)
-    default_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         started, cpu = time.perf_counter(), time.process_time()
         for _ in generate_ids(model, ids, config):
             pass
         return tokens / (time.perf_counter() - started), 1000 * (time.process_time() - cpu) / tokens
-    finally:
-        torch.set_num_threads(default_threads)
 
 
 def engine_rate(model: Any, prompts: list[list[int]], tokens: int, threads: int) -> float:
     """Generated tokens/s of the serving engine alone, in this process (no HTTP): every prompt
     submitted at once, as the clients of a level are."""
-    default_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
 
     async def one(engine: Engine, i: int, prompt: list[int]) -> int:
         config = SampleConfig(max_new_tokens=tokens, temperature=0.8, seed=i)
@@ -260,10 +266,8 @@ def engine_rate(model: Any, prompts: list[list[int]], tokens: int, threads: int)
         finally:
             await asyncio.to_thread(engine.stop)
 
-    try:
+    with torch_threads(threads):
         return asyncio.run(level())
-    finally:
-        torch.set_num_threads(default_threads)
 
 
 async def _batches(seq: Sequence) -> AsyncIterator[list[TokenInfo]]:
