@@ -334,6 +334,17 @@ def train_into_existing_run(ctx: Context) -> list[str]:
     return argv
 
 
+@case(
+    "run directory",
+    r"needs at least [\d.]+ MB \(weights \d+ B, .*\) but cpu has 1\.0 kB free: lower",
+)
+def train_beyond_memory(ctx: Context) -> list[str]:
+    ctx.monkeypatch.setattr("lmforge.training.memory.available_memory", lambda device: 1000)
+    argv = train_argv(ctx, "--overwrite")  # the run it would replace stays as it was
+    argv[argv.index("--out") + 1] = str(ctx.run)
+    return argv
+
+
 @case("run directory", r"--out .*a-file is a file; choose a directory")
 def train_out_is_a_file(ctx: Context) -> list[str]:
     argv = train_argv(ctx)
@@ -631,6 +642,33 @@ def test_a_real_process_prints_one_line_and_no_traceback(argv, tmp_path):
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
     assert proc.stdout == ""
+
+
+def test_running_out_of_memory_is_one_line_exit_1(trained_run, tmp_path, monkeypatch, capsys):
+    def allocator_failure(self):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 4361814016 bytes. Error code 12"
+        )
+
+    monkeypatch.setattr("lmforge.training.trainer.Trainer.fit", allocator_failure)
+    ctx = Context(tmp_path, trained_run[0], trained_run[1], monkeypatch)
+    assert main(train_argv(ctx)) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "lmforge: error: out of memory (an allocation of 4.4 GB failed): lower --batch-size or "
+        "--block-size, use a smaller model or vocabulary, or free memory held by other programs "
+        "(checkpoints already saved are kept)"
+    ]
+
+
+def test_other_runtime_errors_still_raise(trained_run, tmp_path, monkeypatch):
+    def bug(self):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr("lmforge.training.trainer.Trainer.fit", bug)
+    ctx = Context(tmp_path, trained_run[0], trained_run[1], monkeypatch)
+    with pytest.raises(RuntimeError, match="shapes"):
+        main(train_argv(ctx))
 
 
 def print_catalogue() -> None:

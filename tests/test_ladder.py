@@ -220,3 +220,18 @@ def test_the_peer_row_renders_in_the_word_level_table(tmp_path: Path, monkeypatc
     assert result["test"]["predictions"] == 20
     table = ladder.render_tables(ladder.merge_rows({}, [{**result, "budget": 0.5}]), 0.5, "img")
     assert f"| {ladder.PEER} | `benchmarks/word_lm_example.py` |" in table
+
+
+def test_every_word_level_row_fits_in_the_machines_memory(capsys, monkeypatch) -> None:
+    """With its family's defaults a 33,278-word bigram needs 26.4 GB (and the context model's
+    table 18.8 GB); the word-level rows' flags keep every row under 20 GB of the 23 GB machine."""
+    from lmforge.models.base import build_model
+    from lmforge.training.memory import training_memory
+
+    parser = build_parser()
+    for command in dry_run(capsys, monkeypatch, "--corpora", "wikitext-2-word"):
+        args = parser.parse_args(command[3:])
+        config = resolve_config({**nested_options(args, ALL_TRAIN_FLAGS), "out": "x"})
+        with torch.device("meta"):
+            model = build_model(vocab_size=33278, **config.model)
+        assert training_memory(model, config.train).total < 20e9, command

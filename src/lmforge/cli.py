@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from lmforge import __version__
-from lmforge.errors import ConfigError, LmforgeError
+from lmforge.errors import ConfigError, LmforgeError, out_of_memory
 from lmforge.train_flags import (
     ALL_TRAIN_FLAGS,
     DATA_FLAGS,
@@ -56,11 +56,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["out"] = args.out
         config = resolve_config(overrides, args.config)
         result = train(config, overwrite=args.overwrite, progress=not args.quiet)
-    _print_train_summary(result)
+    _print_train_summary(result, config.data.corpus)
     return 0
 
 
-def _print_train_summary(result: Any) -> None:
+def _print_train_summary(result: Any, corpus: str) -> None:
     if not result.main_process:
         return
     parts = [f"{result.steps} steps, {result.tokens:,} tokens in {result.elapsed_s:.0f} s"]
@@ -76,7 +76,8 @@ def _print_train_summary(result: Any) -> None:
         print(f"continue with: lmforge train --resume {result.run_dir}", file=sys.stderr)
     else:
         print(f"done: {', '.join(parts)}; run in {result.run_dir}", file=sys.stderr)
-        print(f"sample with: lmforge sample {result.run_dir} --prompt 'ROMEO:'", file=sys.stderr)
+        prompt = " --prompt 'ROMEO:'" if corpus == "tinyshakespeare" else ""  # the others vary
+        print(f"sample with: lmforge sample {result.run_dir}{prompt}", file=sys.stderr)
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'"}
@@ -318,7 +319,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         }
     )
     result = train(config, overwrite=True, progress=not args.quiet)
-    _print_train_summary(result)
+    _print_train_summary(result, "tinyshakespeare")
     run = load_run(args.out, device=args.device)
     prompt = "ROMEO:"
     sample = generate(
@@ -696,6 +697,12 @@ def _run_command(func: Callable[[argparse.Namespace], int], args: argparse.Names
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"lmforge: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except (RuntimeError, MemoryError) as exc:
+        message = out_of_memory(exc)
+        if message is None:
+            raise
+        print(f"lmforge: error: {message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)
         return 130

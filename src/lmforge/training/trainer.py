@@ -31,6 +31,7 @@ from lmforge.training.data import fixed_batches, prepare_data
 from lmforge.training.distributed import DistributedInfo
 from lmforge.training.init_from import load_initial_weights
 from lmforge.training.loop import Trainer, TrainResult
+from lmforge.training.memory import check_training_memory
 from lmforge.training.optimizer import make_optimizer
 from lmforge.training.run_dir import (
     check_run_dir,
@@ -72,11 +73,17 @@ def _train(
 ) -> TrainResult:
     run_dir = Path(config.out)
 
+    def check_fits(tokenizer: Tokenizer) -> None:
+        with torch.device("meta"):  # the shapes only: nothing allocated
+            shape = build_model(vocab_size=tokenizer.vocab_size, **config.model)
+        check_training_memory(shape, config.train, info.device, info.world_size)
+
     def prepare_on_main() -> tuple[Tokenizer, TokenStream]:
         check_run_dir(run_dir, resume, overwrite)
         remove_torn_writes(run_dir)
         if not resume:
             tokenizer, stream = prepare_data(config, progress)
+            check_fits(tokenizer)  # before the previous run (with --overwrite) is cleared
             clear_run_dir(run_dir)
             tokenizer.save(run_dir / TOKENIZER_FILE)
             return tokenizer, stream
@@ -90,6 +97,7 @@ def _train(
                 f"cannot resume {run_dir}: the corpus changed since the run started; resume "
                 "with the original text"
             )
+        check_fits(tokenizer)
         return prepare_data(config, progress, tokenizer=tokenizer)
 
     prepared = distributed.run_on_main(info, prepare_on_main)
