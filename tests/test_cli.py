@@ -48,7 +48,8 @@ def test_train_sample_eval_score_on_tinyshakespeare(tmp_path, capsys):
         ]
     )
     assert code == 0
-    capsys.readouterr()
+    hint = f"sample with: lmforge sample {run} --prompt 'ROMEO:'"
+    assert capsys.readouterr().err.splitlines()[-1] == hint
 
     assert (
         main(
@@ -131,6 +132,15 @@ def test_train_sample_eval_score_on_tinyshakespeare(tmp_path, capsys):
         "potato is round",
         "potato am good",
     }
+
+
+def test_the_sample_hint_proposes_a_shakespeare_prompt_only_after_shakespeare(tmp_path, capsys):
+    corpus = tmp_path / "notes.txt"
+    corpus.write_text("the cat sat on the mat. " * 200, encoding="utf-8")
+    run = tmp_path / "notes"
+    argv = ["train", "--corpus", str(corpus), "--model", "bigram", "--out", str(run)]
+    assert main([*argv, "--max-steps", "2", "--device", "cpu", "--quiet"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == f"sample with: lmforge sample {run}"
 
 
 def test_help_lists_the_commands():
