@@ -174,3 +174,27 @@ def test_impossible_eval_flags_are_one_line_errors(bpe_run, capsys):
         assert error.startswith(f"lmforge: error: {message}") and "\n" not in error
     with pytest.raises(LmforgeError, match="--stride must be between 1"):
         evaluate_tokens(transformer(), token_stream(20), BLOCK, 2, CPU, stride=0)
+
+
+@pytest.mark.parametrize(
+    ("family", "options", "expected"),
+    [
+        ("bigram", {}, "each prediction from the one token before it (--stride has no effect)"),
+        (
+            "context",
+            {"block_size": 16},
+            "carried state: each prediction averages its last 16 tokens (--stride has no effect)",
+        ),
+        ("lstm", {}, "carried state through the whole text (--stride has no effect)"),
+        (
+            "transformer",
+            {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": BLOCK},
+            f"sliding windows of {BLOCK} tokens, stride 4",
+        ),
+    ],
+)
+def test_the_windows_line_says_what_each_family_sees(family, options, expected) -> None:
+    from lmforge.evaluation import describe_windows
+
+    model = build_model(family, vocab_size=11, **options)
+    assert describe_windows(model, BLOCK, 4) == expected

@@ -335,5 +335,11 @@ def describe_windows(model: LanguageModel, block_size: int, stride: int | None) 
     if stride is None:
         return f"non-overlapping windows of {block_size} tokens"
     if model.max_context is None:
-        return f"{CARRIED_STATE} (no finite context: --stride has no effect)"
+        unused = "--stride has no effect"
+        if model.family == "bigram":
+            return f"each prediction from the one token before it ({unused})"
+        window = getattr(model.config, "block_size", None)
+        if model.family == "context" and window is not None:
+            return f"{CARRIED_STATE}: each prediction averages its last {window} tokens ({unused})"
+        return f"{CARRIED_STATE} through the whole text ({unused})"
     return f"sliding windows of {block_size} tokens, stride {stride}"
