@@ -173,6 +173,14 @@ def unwrap(model: torch.nn.Module) -> Any:
         model = inner
 
 
+def fused_output_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The output layer :func:`batch_loss` fuses with the softmax (a linear head over a
+    vocabulary of at least ``FUSED_MIN_VOCAB`` tokens), or None: the loss then sees the full
+    [B, T, I] logits."""
+    head = model.output_head() if hasattr(model, "output_head") else None
+    return head if head is not None and head.out_features >= FUSED_MIN_VOCAB else None
+
+
 def batch_loss(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -186,11 +194,10 @@ def batch_loss(
 
     Models with a linear output head and a vocabulary of at least ``FUSED_MIN_VOCAB`` tokens
     go through :func:`linear_cross_entropy` (``model(x, return_hidden=True)``)."""
-    core = unwrap(model)
-    head = core.output_head() if hasattr(core, "output_head") else None
+    head = fused_output_head(unwrap(model))
     if last is not None:
         y = y[:, y.shape[1] - last :]
-    if head is not None and head.out_features >= FUSED_MIN_VOCAB:
+    if head is not None:
         hidden, _ = model(x, return_hidden=True)
         if last is not None:
             hidden = hidden[:, hidden.shape[1] - last :]

@@ -27,7 +27,7 @@ import torch
 
 from lmforge.config import TrainConfig
 from lmforge.errors import ConfigError, readable_bytes
-from lmforge.losses import FUSED_MIN_VOCAB
+from lmforge.losses import fused_output_head
 from lmforge.models.base import LanguageModel
 
 MEMINFO = Path("/proc/meminfo")
@@ -55,26 +55,18 @@ class TrainingMemory:
         return ", ".join(f"{name} {readable_bytes(size)}" for name, size in parts if size)
 
 
-def materialises_logits(model: LanguageModel) -> bool:
-    """Whether the loss sees the full [B, T, I] logits (no head, or a vocabulary too small for
-    the fused output layer of :mod:`lmforge.losses`)."""
-    head = model.output_head()
-    return head is None or head.out_features < FUSED_MIN_VOCAB
-
-
 def training_memory(
     model: LanguageModel, config: TrainConfig, world_size: int = 1
 ) -> TrainingMemory:
     """The lower bound for training ``model`` (built on any device, ``meta`` included) with
     ``config`` on each of ``world_size`` ranks."""
-    params = {id(p): p for p in model.parameters()}.values()
-    weights = sum(p.numel() * p.element_size() for p in params)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())  # tied: once
     trainable = 0 if config.freeze else weights
     if config.strategy == "fsdp" and world_size > 1:
         weights, trainable = weights // world_size, trainable // world_size
     moments = 2 if config.optimizer == "adamw" else int(config.momentum > 0)
     logits = 0
-    if materialises_logits(model):
+    if fused_output_head(model) is None:
         rows = max(1, config.batch_size // world_size)
         vocab = model.config.vocab_size
         logits = rows * config.block_size * vocab * FLOAT32_BYTES * LOGIT_COPIES
