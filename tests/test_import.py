@@ -247,6 +247,15 @@ def test_commands_work_on_an_imported_run(imported, model_type, tmp_path, capsys
     assert main(["eval", str(run_dir), "--corpus", str(corpus), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["tokens"] > 0 and result["loss"] > 0
+    # no training metrics: every picture but the loss curves, and a note saying why
+    assert main(["plot", str(run_dir), "--out", str(tmp_path / "pics")]) == 0
+    captured = capsys.readouterr()
+    paths = captured.out.split("\n\n")[1].split()
+    assert paths == [str(tmp_path / "pics" / n) for n in ("embeddings.png", "neighbours.txt")]
+    assert captured.err == (
+        f"lmforge: no training metrics in {run_dir} (an imported model): loss.png not drawn\n"
+    )
+    assert (tmp_path / "pics" / "embeddings.png").read_bytes().startswith(b"\x89PNG")
 
 
 # --- errors: one line, exit 2, nothing written ---------------------------------------------

@@ -131,6 +131,8 @@ def test_cosine_neighbours_on_a_hand_built_table():
 def test_tokens_are_found_as_spelled_or_as_shown():
     tokens = ["a", "\n", " the", "e"]
     assert printable(" the\n") == "␣the\\n"
+    # control characters (byte-level vocabularies have them) have no glyph: escaped
+    assert printable("\x00a\x1b\x7f\x85é") == "\\x00a\\x1b\\x7f\\x85é"
     assert find_tokens(tokens, ["e", "\\n", "\n", "␣the", " the"]) == [3, 1, 1, 2, 2]
     with pytest.raises(ConfigError, match=r"'king', 'zz' not in the run's vocabulary of 4 tokens"):
         find_tokens(tokens, ["a", "king", "zz"])
@@ -210,6 +212,22 @@ def test_plot_a_char_run_writes_the_map_and_the_neighbours(char_corpus, tmp_path
 
 
 PICTURES = ("loss.png", "embeddings.png", "neighbours.txt")
+
+
+def test_a_run_without_metrics_gets_every_picture_but_the_losses(char_corpus, tmp_path, capsys):
+    _train(char_corpus, tmp_path / "lstm", *LSTM)
+    (tmp_path / "lstm" / "metrics.jsonl").unlink()
+    capsys.readouterr()
+    assert main(["plot", str(tmp_path / "lstm")]) == 0
+    captured = capsys.readouterr()
+    paths = captured.out.split("\n\n")[1].split()
+    assert paths == [str(tmp_path / "lstm" / n) for n in PICTURES[1:]]
+    assert captured.err == (
+        f"lmforge: no training metrics in {tmp_path / 'lstm'} (a run with no records yet): "
+        "loss.png not drawn\n"
+    )
+    assert not (tmp_path / "lstm" / "loss.png").exists()
+    _png(tmp_path / "lstm" / "embeddings.png")
 
 
 def test_an_unknown_neighbours_token_is_a_one_line_error(char_corpus, tmp_path, capsys):

@@ -244,6 +244,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from lmforge.plotting import plot_run
 
     pictures = plot_run(args.run, args.out, checkpoint=args.checkpoint, neighbours=args.neighbours)
+    for note in pictures.notes:
+        print(f"lmforge: {note}", file=sys.stderr)
     print(pictures.neighbours, end="\n\n")
     for path in pictures.paths:
         print(path)

@@ -12,6 +12,7 @@ nearest neighbours of a few tokens by cosine similarity, and the bigram's next-t
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -50,12 +51,18 @@ _VISIBLE = {" ": "␣", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
 def printable(token: str) -> str:
-    """A token as it should appear in a picture or a table: whitespace made visible.
+    """A token as it should appear in a picture or a table: whitespace made visible, other
+    control characters escaped (no font has a glyph for them).
 
-    >>> printable(" the\\n")
-    '␣the\\\\n'
+    >>> printable(" the\\n"), printable("\\x00\\x7f")
+    ('␣the\\\\n', '\\\\x00\\\\x7f')
     """
-    return "".join(_VISIBLE.get(c, c) for c in token)
+    return "".join(_VISIBLE.get(c) or _escaped(c) for c in token)
+
+
+def _escaped(char: str) -> str:
+    """``char``, or its escape when it is a control character."""
+    return f"\\x{ord(char):02x}" if unicodedata.category(char) == "Cc" else char
 
 
 def cosine_neighbours(

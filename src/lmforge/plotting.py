@@ -84,10 +84,12 @@ def pca_2d(matrix: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass
 class RunPictures:
-    """What ``lmforge plot`` wrote: the files, and the nearest-neighbours table (Markdown)."""
+    """What ``lmforge plot`` wrote: the files, the nearest-neighbours table (Markdown), and
+    notes on pictures it could not draw."""
 
     paths: list[Path]
     neighbours: str
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def train_token_counts(config: dict[str, Any], vocab_size: int) -> np.ndarray | None:
@@ -132,7 +134,8 @@ def plot_run(
     neighbours: list[str] | None = None,
 ) -> RunPictures:
     """Write ``loss.png``, ``embeddings.png``, ``neighbours.txt`` and, for a bigram run,
-    ``bigram.png`` for a run (into the run unless ``out_dir``).
+    ``bigram.png`` for a run (into the run unless ``out_dir``). A run without training
+    metrics (an imported model) gets every picture but ``loss.png``, and a note saying so.
 
     ``neighbours`` are the tokens whose nearest neighbours are listed (default: a few common
     ones, see :func:`lmforge.embedding_map.default_queries`).
@@ -143,8 +146,8 @@ def plot_run(
 
     run_dir = Path(run_dir)
     target = Path(out_dir) if out_dir else run_dir
-    records = run_metrics(run_dir)
     run = load_run(run_dir, checkpoint=checkpoint, device="cpu")
+    records = read_metrics(run_dir / METRICS_FILE)
     weight = run.model.embedding_weight().detach().float().cpu().numpy()
     tokens = [run.tokenizer.id_to_token(i) for i in range(weight.shape[0])]
     kind = run.tokenizer.kind
@@ -153,8 +156,13 @@ def plot_run(
     name = f"{run_dir.name} ({run.model.family})"
     target.mkdir(parents=True, exist_ok=True)
 
-    paths = [target / "loss.png", target / "embeddings.png", target / "neighbours.txt"]
-    plot_losses(records, paths[0], name)
+    paths, notes = [target / "embeddings.png", target / "neighbours.txt"], []
+    if records:
+        paths.insert(0, target / "loss.png")
+        plot_losses(records, paths[0], name)
+    else:
+        source = "an imported model" if "source" in run.config else "a run with no records yet"
+        notes.append(f"no training metrics in {run_dir} ({source}): loss.png not drawn")
     shown, which = most_frequent(counts, len(tokens), emap.MAX_MAP_TOKENS)
     shown.sort()  # draw in vocabulary order: the same picture whatever the counts' ties
     classes, class_names = token_classes([tokens[i] for i in shown], kind)
@@ -164,18 +172,18 @@ def plot_run(
         [tokens[i] for i in shown],
         classes,
         class_names,
-        paths[1],
+        paths[-2],
         f"{name}: PCA of the {table}, {which}",
     )
     if queries is None:
         order = shown if counts is None else [int(i) for i in np.argsort(-counts, kind="stable")]
         queries = emap.default_queries(tokens, kind, order)
     text = emap.neighbours_table(weight, tokens, queries)
-    atomic_write_text(paths[2], text + "\n")
+    atomic_write_text(paths[-1], text + "\n")
     if run.model.family == "bigram":
         paths.append(target / "bigram.png")
-        plot_bigram_run(weight, tokens, counts, paths[3], name)
-    return RunPictures(paths, text)
+        plot_bigram_run(weight, tokens, counts, paths[-1], name)
+    return RunPictures(paths, text, notes)
 
 
 def plot_bigram_run(
