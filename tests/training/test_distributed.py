@@ -269,9 +269,7 @@ sys.exit(lmforge.cli.main(sys.argv[2:]))
     ("how", "code", "says"),
     [("error", 2, "lmforge: error: run directory not found"), ("crash", 1, "ZeroDivisionError")],
 )
-def test_a_rank_that_joined_a_job_exits_with_its_code_and_skips_teardown(
-    how, code, says, tmp_path
-):
+def test_a_rank_that_joined_a_job_exits_with_its_code_and_skips_teardown(how, code, says, tmp_path):
     # Backend threads that a failed peer leaves behind abort the interpreter's teardown.
     script = tmp_path / "rank.py"
     script.write_text(EXIT_AFTER_A_JOB)
