@@ -32,6 +32,7 @@ intra-op threads wait for cores). Goals: 0 errors; 64 clients ≥ 10× the 1-cli
     python benchmarks/serve_load.py                        # trains both runs in a temp dir
     python benchmarks/serve_load.py --runs runs/tiny runs/lstm --clients 1 8 32 64
     python benchmarks/serve_load.py --repeats 3 --server-threads 2   # the engine on 2 threads
+    python benchmarks/serve_load.py --device cuda                     # runs, server, peers on a GPU
 """
 
 from __future__ import annotations
@@ -68,12 +69,13 @@ TRAIN = {
 }
 
 
-def train_runs(directory: Path, steps: int) -> list[Path]:
+def train_runs(directory: Path, steps: int, device: str) -> list[Path]:
     """A ``tiny`` Transformer and a default LSTM on Tiny Shakespeare, ``steps`` steps each."""
     runs = []
     for name, flags in TRAIN.items():
         out = directory / name
         command = [sys.executable, "-m", "lmforge", "train", *flags, "--out", str(out)]
+        command += ["--device", device]
         command += ["--max-steps", str(steps), "--eval-interval", str(steps)]
         command += ["--eval-iters", "2", "--quiet", "--overwrite"]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -88,10 +90,10 @@ def free_port() -> int:
 
 
 def start_server(
-    runs: list[Path], port: int, max_batch: int, threads: int | None
+    runs: list[Path], port: int, max_batch: int, threads: int | None, device: str
 ) -> subprocess.Popen:
     command = [sys.executable, "-m", "lmforge", "serve", *map(str, runs)]
-    command += ["--port", str(port), "--max-batch", str(max_batch)]
+    command += ["--port", str(port), "--max-batch", str(max_batch), "--device", device]
     if threads is not None:
         command += ["--threads", str(threads)]
     server = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
@@ -238,12 +240,14 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 def sample_round(model: Any, ids: list[int], tokens: int, threads: int) -> tuple[float, float]:
     """One run of ``lmforge sample``'s loop (generate_ids, temperature 0.8) in this process's
-    main thread with ``threads`` torch threads: tokens/s and CPU milliseconds per token."""
+    main thread with ``threads`` torch threads: tokens/s and CPU milliseconds per token. Each
+    token is read back to the host, as ``lmforge sample`` does to print it (on a GPU this
+    waits for the step)."""
     config = SampleConfig(max_new_tokens=tokens, temperature=0.8, seed=0)
     with torch_threads(threads):
         started, cpu = time.perf_counter(), time.process_time()
-        for _ in generate_ids(model, ids, config):
-            pass
+        for next_ids in generate_ids(model, ids, config):
+            next_ids.tolist()
         return tokens / (time.perf_counter() - started), 1000 * (time.process_time() - cpu) / tokens
 
 
@@ -274,6 +278,14 @@ async def _batches(seq: Sequence) -> AsyncIterator[list[TokenInfo]]:
     """The tokens of ``seq`` as they come, a batch at a time."""
     while batch := await seq.next_tokens():
         yield batch
+
+
+def device_name(device: str) -> str:
+    """``device`` and, for a GPU, its model name."""
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(resolved)})"
+    return device
 
 
 def peer_threads() -> list[int]:
@@ -324,18 +336,21 @@ def main() -> None:
     parser.add_argument(
         "--server-threads", type=int, help="lmforge serve --threads (default: torch's)"
     )
+    parser.add_argument(
+        "--device", default="cpu", help="where the runs train, the server and the peers run"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        runs = args.runs or train_runs(Path(tmp), args.train_steps)
+        runs = args.runs or train_runs(Path(tmp), args.train_steps, args.device)
         text = resolve_corpus("tinyshakespeare").read()
         port = free_port()
-        server = start_server(runs, port, max(args.clients), args.server_threads)
+        server = start_server(runs, port, max(args.clients), args.server_threads, args.device)
         try:
             threads = args.server_threads or "serve's default (cores - 1, at least 1)"
             print(
-                f"machine: {os.cpu_count()} CPUs; {args.tokens} new tokens per client; "
-                f"server threads: {threads}\n"
+                f"machine: {os.cpu_count()} CPUs; device {device_name(args.device)}; "
+                f"{args.tokens} new tokens per client; server threads: {threads}\n"
             )
             print(
                 "| model | clients | tok/s | vs 1 | TTFT p50/p99 ms | chunk gap p50/p99 ms "
@@ -345,7 +360,7 @@ def main() -> None:
             print("|---|---|---|---|---|---|---|---|---|")
             for run in runs:
                 name = run.resolve().name
-                loaded = load_run(run, device="cpu")
+                loaded = load_run(run, device=args.device)
                 threads_alone = args.server_threads or engine_threads()
                 single = None
                 for clients in args.clients:

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# What a session with one lent GPU checks, in one go (under 10 minutes on an H200):
+#
+#   1. the CUDA path of every command: train (bfloat16) -> sample -> score -> eval, a resume
+#      that must log what the uninterrupted run logs, and logits on the GPU against the CPU's;
+#   2. torchrun on NCCL with one process (a real process group, DDP, evaluation all-reduces);
+#   3. `lmforge serve` on the GPU under load (benchmarks/serve_load.py --device cuda);
+#   4. nanoGPT's shakespeare-char run (benchmarks/gpu_shakespeare.sh).
+#
+#     bash benchmarks/gpu_checks.sh [LOG_DIR]
+#
+# Runs from the repository with whatever python3 has torch (PYTHON=...); lmforge is taken from
+# src/. Each part's output goes to LOG_DIR/<part>.txt (default: runs/gpu-checks) and each part
+# has a time limit, so one that hangs does not cost the others. Exits non-zero if any failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+LOGS=${1:-runs/gpu-checks}
+PYTHON=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}  # DEVICE=cpu STEPS=20 tries part 1 on a machine without a GPU
+STEPS=${STEPS:-200}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+LMFORGE="$PYTHON -m lmforge"
+WORK=$(mktemp -d)
+mkdir -p "$LOGS"
+failed=0
+
+part() {  # part NAME SECONDS COMMAND...: run, log, time, and record a failure
+    local name=$1 limit=$2
+    shift 2
+    local start=$SECONDS
+    echo "== $name (limit ${limit} s)"
+    timeout "$limit" "$@" >"$LOGS/$name.txt" 2>&1
+    local status=$?
+    tail -n 25 "$LOGS/$name.txt"
+    echo "== $name: exit $status after $((SECONDS - start)) s"
+    [ "$status" -eq 0 ] || failed=1
+}
+
+commands() {
+    set -e
+    nvidia-smi -L || true
+    $PYTHON -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+    local run=$WORK/tiny
+    $LMFORGE train --corpus tinyshakespeare --model transformer --preset tiny --device "$DEVICE" \
+        --dtype bfloat16 --max-steps "$STEPS" --eval-interval $((STEPS / 2)) --eval-iters 20 \
+        --out "$run" --quiet
+    tail -n 1 "$run/metrics.jsonl"
+    $LMFORGE sample "$run" --prompt "ROMEO:" --length 120 --seed 1 --device "$DEVICE"
+    $LMFORGE score "$run" --prompt "ROMEO: " "I love thee" "xqzj vvk" --device "$DEVICE"
+    $LMFORGE eval "$run" --device "$DEVICE"
+    # the same run stopped with Ctrl-C after half its steps and resumed: the same log
+    $PYTHON - "$run" "$DEVICE" "$STEPS" <<'CHECK'
+import json, signal, subprocess, sys, time
+run, device, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+flags = ["--corpus", "tinyshakespeare", "--model", "transformer", "--preset", "tiny",
+         "--device", device, "--dtype", "bfloat16", "--max-steps", str(steps),
+         "--eval-interval", str(steps // 2), "--eval-iters", "20", "--quiet"]
+lmforge = [sys.executable, "-m", "lmforge", "train"]
+trainer = subprocess.Popen([*lmforge, *flags, "--out", run + "-resumed"])
+def last_step():
+    try:
+        return json.loads(open(run + "-resumed/metrics.jsonl").readlines()[-1])["step"]
+    except (OSError, IndexError, ValueError):
+        return -1
+while last_step() < steps // 2 and trainer.poll() is None:
+    time.sleep(0.05)
+trainer.send_signal(signal.SIGINT)
+print(f"Ctrl-C after step {last_step()}: exit {trainer.wait()}")
+subprocess.run([*lmforge, "--resume", run + "-resumed", "--quiet"], check=True)
+a, b = ([json.loads(line) for line in open(f"{r}/metrics.jsonl")] for r in (run, run + "-resumed"))
+keys = ("train_loss", "val_loss")
+worst = max(abs(x[k] - y[k]) for x, y in zip(a, b, strict=True) for k in keys if x.get(k) is not None)
+print(f"resumed on {device}: {len(a)} records, largest loss difference {worst:.3e}")
+sys.exit(0 if worst <= 2e-2 else 1)
+CHECK
+    $PYTHON - "$run" "$DEVICE" <<'CHECK'
+import sys, torch
+from lmforge.runs import load_run
+device = sys.argv[2]
+gpu, cpu = load_run(sys.argv[1], device=device), load_run(sys.argv[1], device="cpu")
+ids = torch.randint(0, gpu.tokenizer.vocab_size, (4, 128))
+with torch.no_grad():
+    on_gpu = gpu.model(ids.to(device))[0].float().cpu()
+    on_cpu = cpu.model(ids)[0].float()
+    error = ((on_gpu - on_cpu).norm() / on_cpu.norm()).item()
+print(f"logits float32 {device} vs cpu: relative error {error:.2e}")
+sys.exit(0 if error < 1e-3 else 1)
+CHECK
+}
+
+nccl() {
+    set -e
+    $PYTHON -m torch.distributed.run --standalone --nproc_per_node 1 -m lmforge train \
+        --corpus tinyshakespeare --model transformer --preset tiny --device cuda \
+        --dtype bfloat16 --max-steps 150 --eval-interval 50 --eval-iters 20 \
+        --out "$WORK/nccl" --quiet
+    tail -n 2 "$WORK/nccl/metrics.jsonl"
+    grep -o '"world_size": [0-9]*' "$WORK/nccl/config.json"
+}
+
+export -f commands nccl
+export LMFORGE PYTHON WORK DEVICE STEPS
+part commands 100 bash -c commands
+part nccl 60 bash -c nccl
+part serve_cuda 140 "$PYTHON" benchmarks/serve_load.py --device cuda --repeats 1
+part gpu_shakespeare 280 bash benchmarks/gpu_shakespeare.sh "$WORK/shakespeare"
+rm -rf "$WORK"
+exit "$failed"
