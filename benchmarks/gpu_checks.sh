@@ -104,5 +104,6 @@ part commands 100 bash -c commands
 part nccl 60 bash -c nccl
 part serve_cuda 140 "$PYTHON" benchmarks/serve_load.py --device cuda --repeats 1
 part gpu_shakespeare 280 bash benchmarks/gpu_shakespeare.sh "$WORK/shakespeare"
+cp "$WORK/shakespeare/metrics.jsonl" "$LOGS/gpu_shakespeare_metrics.jsonl" 2>/dev/null
 rm -rf "$WORK"
 exit "$failed"
