@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# What a session with one lent GPU checks, in one go (under 10 minutes on an H200):
+# What a session with one lent GPU checks, in one go (under 10 minutes on an H200). Parts:
 #
-#   1. the CUDA path of every command: train (bfloat16) -> sample -> score -> eval, a resume
-#      that must log what the uninterrupted run logs, and logits on the GPU against the CPU's;
-#   2. torchrun on NCCL with one process (a real process group, DDP, evaluation all-reduces);
-#   3. `lmforge serve` on the GPU under load (benchmarks/serve_load.py --device cuda);
-#   4. nanoGPT's shakespeare-char run (benchmarks/gpu_shakespeare.sh).
+#   transformer  the CUDA path of every command on the `tiny` Transformer: train (bfloat16) ->
+#                sample -> score -> eval; the run stopped with Ctrl-C half-way and resumed,
+#                against the uninterrupted run and against a second uninterrupted run (how much
+#                two identical runs differ on this GPU); logits on the GPU against the CPU's
+#   lstm         the same for the default LSTM (cuDNN keeps its weights in one shared buffer)
+#   nccl         torchrun on NCCL with one process
+#   serve_cuda   `lmforge serve` on the GPU under load (benchmarks/serve_load.py --device cuda)
+#   serve_cpu    the same on this machine's CPU cores
+#   shakespeare  nanoGPT's shakespeare-char run (benchmarks/gpu_shakespeare.sh)
 #
-#     bash benchmarks/gpu_checks.sh [LOG_DIR]
+#     bash benchmarks/gpu_checks.sh [LOG_DIR]                    # every part
+#     PARTS="lstm serve_cuda" bash benchmarks/gpu_checks.sh      # some of them
 #
 # Runs from the repository with whatever python3 has torch (PYTHON=...); lmforge is taken from
 # src/. Each part's output goes to LOG_DIR/<part>.txt (default: runs/gpu-checks) and each part
@@ -16,7 +21,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 LOGS=${1:-runs/gpu-checks}
 PYTHON=${PYTHON:-python3}
-DEVICE=${DEVICE:-cuda}  # DEVICE=cpu STEPS=20 tries part 1 on a machine without a GPU
+PARTS=${PARTS:-transformer lstm nccl serve_cuda serve_cpu shakespeare}
+DEVICE=${DEVICE:-cuda}  # DEVICE=cpu STEPS=20 PARTS=lstm tries a part on a machine without a GPU
 STEPS=${STEPS:-200}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 LMFORGE="$PYTHON -m lmforge"
@@ -36,27 +42,24 @@ part() {  # part NAME SECONDS COMMAND...: run, log, time, and record a failure
     [ "$status" -eq 0 ] || failed=1
 }
 
-commands() {
+commands() {  # commands NAME MODEL_FLAGS...
     set -e
+    local run=$WORK/$1
+    shift
     nvidia-smi -L || true
     $PYTHON -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-    local run=$WORK/tiny
-    $LMFORGE train --corpus tinyshakespeare --model transformer --preset tiny --device "$DEVICE" \
-        --dtype bfloat16 --max-steps "$STEPS" --eval-interval $((STEPS / 2)) --eval-iters 20 \
-        --out "$run" --quiet
-    tail -n 1 "$run/metrics.jsonl"
-    $LMFORGE sample "$run" --prompt "ROMEO:" --length 120 --seed 1 --device "$DEVICE"
-    $LMFORGE score "$run" --prompt "ROMEO: " "I love thee" "xqzj vvk" --device "$DEVICE"
-    $LMFORGE eval "$run" --device "$DEVICE"
-    # the same run stopped with Ctrl-C after half its steps and resumed: the same log
-    $PYTHON - "$run" "$DEVICE" "$STEPS" <<'CHECK'
+    $PYTHON - "$run" "$DEVICE" "$STEPS" "$@" <<'CHECK'
 import json, signal, subprocess, sys, time
-run, device, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-flags = ["--corpus", "tinyshakespeare", "--model", "transformer", "--preset", "tiny",
-         "--device", device, "--dtype", "bfloat16", "--max-steps", str(steps),
-         "--eval-interval", str(steps // 2), "--eval-iters", "20", "--quiet"]
-lmforge = [sys.executable, "-m", "lmforge", "train"]
-trainer = subprocess.Popen([*lmforge, *flags, "--out", run + "-resumed"])
+run, device, steps, model = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+flags = ["--corpus", "tinyshakespeare", *model, "--device", device, "--dtype", "bfloat16",
+         "--max-steps", str(steps), "--eval-interval", str(steps // 2), "--eval-iters", "20",
+         "--quiet"]
+train = [sys.executable, "-m", "lmforge", "train"]
+for out in (run, run + "-again"):
+    subprocess.run([*train, *flags, "--out", out], check=True)
+print(open(run + "/metrics.jsonl").readlines()[-1], end="")
+# the same run stopped with Ctrl-C half-way, then resumed
+trainer = subprocess.Popen([*train, *flags, "--out", run + "-resumed"])
 def last_step():
     try:
         return json.loads(open(run + "-resumed/metrics.jsonl").readlines()[-1])["step"]
@@ -66,13 +69,22 @@ while last_step() < steps // 2 and trainer.poll() is None:
     time.sleep(0.05)
 trainer.send_signal(signal.SIGINT)
 print(f"Ctrl-C after step {last_step()}: exit {trainer.wait()}")
-subprocess.run([*lmforge, "--resume", run + "-resumed", "--quiet"], check=True)
-a, b = ([json.loads(line) for line in open(f"{r}/metrics.jsonl")] for r in (run, run + "-resumed"))
-keys = ("train_loss", "val_loss")
-worst = max(abs(x[k] - y[k]) for x, y in zip(a, b, strict=True) for k in keys if x.get(k) is not None)
-print(f"resumed on {device}: {len(a)} records, largest loss difference {worst:.3e}")
-sys.exit(0 if worst <= 2e-2 else 1)
+subprocess.run([*train, "--resume", run + "-resumed", "--quiet"], check=True)
+def records(path):
+    return [json.loads(line) for line in open(path + "/metrics.jsonl")]
+def largest_difference(a, b):
+    return max(abs(x[k] - y[k]) for x, y in zip(a, b, strict=True)
+               for k in ("train_loss", "val_loss") if x.get(k) is not None)
+first = records(run)
+again = largest_difference(first, records(run + "-again"))
+resumed = largest_difference(first, records(run + "-resumed"))
+print(f"{device}, {len(first)} records: largest loss difference of a second identical run "
+      f"{again:.3e}, of the run stopped and resumed {resumed:.3e}")
+sys.exit(0 if resumed <= 2e-2 else 1)
 CHECK
+    $LMFORGE sample "$run" --prompt "ROMEO:" --length 120 --seed 1 --device "$DEVICE"
+    $LMFORGE score "$run" --prompt "ROMEO: " "I love thee" "xqzj vvk" --device "$DEVICE"
+    $LMFORGE eval "$run" --device "$DEVICE"
     $PYTHON - "$run" "$DEVICE" <<'CHECK'
 import sys, torch
 from lmforge.runs import load_run
@@ -100,10 +112,19 @@ nccl() {
 
 export -f commands nccl
 export LMFORGE PYTHON WORK DEVICE STEPS
-part commands 100 bash -c commands
-part nccl 60 bash -c nccl
-part serve_cuda 140 "$PYTHON" benchmarks/serve_load.py --device cuda --repeats 1
-part gpu_shakespeare 280 bash benchmarks/gpu_shakespeare.sh "$WORK/shakespeare"
-cp "$WORK/shakespeare/metrics.jsonl" "$LOGS/gpu_shakespeare_metrics.jsonl" 2>/dev/null
+for name in $PARTS; do
+    case $name in
+        transformer) part transformer 120 bash -c 'commands "$@"' _ tiny --model transformer --preset tiny ;;
+        lstm) part lstm 120 bash -c 'commands "$@"' _ lstm --model lstm ;;
+        nccl) part nccl 60 bash -c nccl ;;
+        serve_cuda) part serve_cuda 140 "$PYTHON" benchmarks/serve_load.py --device cuda --repeats 1 ;;
+        serve_cpu) part serve_cpu 200 "$PYTHON" benchmarks/serve_load.py --device cpu --repeats 1 ;;
+        shakespeare)
+            part gpu_shakespeare 280 bash benchmarks/gpu_shakespeare.sh "$WORK/shakespeare"
+            cp "$WORK/shakespeare/metrics.jsonl" "$LOGS/gpu_shakespeare_metrics.jsonl" 2>/dev/null
+            ;;
+        *) echo "unknown part $name"; failed=1 ;;
+    esac
+done
 rm -rf "$WORK"
 exit "$failed"

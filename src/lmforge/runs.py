@@ -52,37 +52,79 @@ class Run:
 
 
 def save_weights(model: LanguageModel, path: str | os.PathLike[str], **metadata: Any) -> None:
-    """Write the model's weights as safetensors, atomically (tied weights stored once)."""
-    from safetensors.torch import save_model
+    """Write the model's weights as safetensors, atomically. Tied weights are stored once, under
+    the first of their names in sorted order, the others naming it in the metadata (the
+    convention of safetensors' ``save_model``); weights that are views into one shared buffer
+    (cuDNN's flattened RNN weights on a GPU) are stored each on its own."""
+    from safetensors.torch import save_file
 
+    state = model.state_dict()
+    aliases = tied_names(state)
+    tensors = {name: _own_storage(t.detach()) for name, t in state.items() if name not in aliases}
     info = {key: str(value) for key, value in metadata.items()}
+    info.update({alias: kept for alias, kept in aliases.items() if alias not in info})
     info["model"] = json.dumps(model.config_dict())
-    atomic_write_with(path, lambda tmp: save_model(model, str(tmp), metadata=info))
+    atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=info))
+
+
+def tied_names(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Each name of ``state`` whose tensor is the very same view as another's (tied weights),
+    mapped to the name kept for the group: the first in sorted order.
+
+    >>> w = torch.zeros(3, 2)
+    >>> tied_names({"head.weight": w, "embedding.weight": w, "bias": torch.zeros(3)})
+    {'head.weight': 'embedding.weight'}
+    """
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for name, t in state.items():
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+        groups.setdefault(key, []).append(name)
+    aliases = {}
+    for names in groups.values():
+        kept = sorted(names)[0]
+        aliases.update({name: kept for name in names if name != kept})
+    return aliases
+
+
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a contiguous copy of it when it is a view into a larger buffer (safetensors
+    stores no shared memory)."""
+    if not t.is_contiguous():
+        return t.contiguous()
+    if t.untyped_storage().nbytes() != t.numel() * t.element_size():
+        return t.clone()
+    return t
 
 
 def load_weights(model: LanguageModel, path: str | os.PathLike[str]) -> None:
-    """Load safetensors weights into ``model`` (strict: every tensor must match in name and
-    shape)."""
-    from safetensors.torch import load_model
+    """Load safetensors weights into ``model``, wherever it is (strict: every tensor must
+    match in name and shape; a tied weight may be stored under any one of its names)."""
+    from safetensors.torch import load_file
 
     shapes = _stored_shapes(path)
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    state = model.state_dict()
     for name, shape in shapes.items():
-        if name in expected and shape != expected[name]:
+        if name in state and shape != tuple(state[name].shape):
             raise RunError(
                 f"weights in {path} do not fit the model in config.json: {name} has shape "
-                f"{list(shape)}, the model needs {list(expected[name])}; the weights and "
+                f"{list(shape)}, the model needs {list(state[name].shape)}; the weights and "
                 "config.json come from different runs: put back the run's own files or train again"
             )
     try:
-        missing, unexpected = load_model(model, str(path), strict=False)
+        stored = load_file(str(path))
     except Exception as exc:  # safetensors and torch raise many kinds on a damaged file
         raise RunError(f"cannot read weights from {path} ({exc}); the file is damaged") from None
+    for alias, kept in tied_names(state).items():
+        for missing, present in ((alias, kept), (kept, alias)):
+            if missing not in stored and present in stored:
+                stored[missing] = stored[present]
+    missing, unexpected = sorted(set(state) - set(stored)), sorted(set(stored) - set(state))
     if missing or unexpected:
         raise RunError(
-            f"weights in {path} do not fit the model in config.json (missing {sorted(missing)}, "
-            f"unexpected {sorted(unexpected)}); the run directory mixes files of two runs"
+            f"weights in {path} do not fit the model in config.json (missing {missing}, "
+            f"unexpected {unexpected}); the run directory mixes files of two runs"
         )
+    model.load_state_dict(stored)
 
 
 def _stored_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:

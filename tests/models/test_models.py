@@ -175,6 +175,38 @@ def test_tied_weights_are_shared_counted_once_and_saved_once(tmp_path):
     assert torch.equal(fresh.embedding.weight, model.embedding.weight)
 
 
+def flatten_like_cudnn(model):
+    """Put every recurrent weight of ``model`` into one shared buffer, as ``nn.LSTM`` does on a
+    GPU (``flatten_parameters``): each weight becomes a view that covers part of it."""
+    rnn = model.rnn
+    flat = torch.empty(sum(w.numel() for w in rnn._flat_weights))
+    offset = 0
+    with torch.no_grad():
+        for w in rnn._flat_weights:
+            view = flat[offset : offset + w.numel()].view_as(w)
+            view.copy_(w)
+            w.data = view
+            offset += w.numel()
+
+
+@pytest.mark.parametrize("name", ["lstm", "lstm-tied", "gru"])
+def test_weights_in_one_shared_buffer_save_and_load(name, tmp_path):
+    model = make(name)
+    flatten_like_cudnn(model)
+    state = model.state_dict()
+    assert state["rnn.weight_ih_l0"].untyped_storage().data_ptr() == (
+        state["rnn.weight_hh_l0"].untyped_storage().data_ptr()
+    )
+    save_weights(model, tmp_path / "m.safetensors")  # safetensors' save_model refuses this
+    plain, flat = (model_from_config(model.config_dict()) for _ in range(2))
+    flatten_like_cudnn(flat)  # loading into the shared views writes through them
+    for fresh in (plain, flat):
+        assert not torch.equal(fresh.state_dict()["rnn.weight_hh_l0"], state["rnn.weight_hh_l0"])
+        load_weights(fresh, tmp_path / "m.safetensors")
+        for key, value in model.state_dict().items():
+            assert torch.equal(fresh.state_dict()[key], value), key
+
+
 def test_options_that_do_not_apply_are_rejected():
     with pytest.raises(ConfigError, match="--n-hidden do not apply to model 'bigram'"):
         build_model("bigram", vocab_size=5, n_hidden=3)

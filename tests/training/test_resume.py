@@ -113,3 +113,22 @@ def test_a_resumed_time_budget_run_continues_its_clock_and_schedule(
     assert all(r["lr"] <= learning_rate(cfg.train, r["step"], trained) for r in after_warmup)
     lrs = [r["lr"] for r in after_warmup]
     assert lrs == sorted(lrs, reverse=True)
+
+
+def test_only_cudnn_dropout_between_recurrent_layers_is_flagged_as_unsaveable(monkeypatch):
+    import torch
+
+    from lmforge.models import build_model
+    from lmforge.training.loop import cudnn_dropout
+
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    lstm = build_model("lstm", vocab_size=9, n_embd=4, n_hidden=4, n_layer=2, dropout=0.1)
+    assert cudnn_dropout(lstm, gpu) and not cudnn_dropout(lstm, cpu)
+    for quiet in (
+        build_model("gru", vocab_size=9, n_embd=4, n_hidden=4, n_layer=1, dropout=0.1),
+        build_model("rnn", vocab_size=9, n_embd=4, n_hidden=4, n_layer=2, dropout=0.0),
+        build_model("transformer", vocab_size=9, n_layer=2, n_head=2, n_embd=8, dropout=0.1),
+    ):
+        assert not cudnn_dropout(quiet, gpu)
+    monkeypatch.setattr(torch.backends.cudnn, "enabled", False)  # torch's own dropout then
+    assert not cudnn_dropout(lstm, gpu)

@@ -509,6 +509,23 @@ class Trainer:
         if self.train_config.init_from is not None:
             frozen = "".join(f", {part} frozen" for part in self.train_config.freeze)
             self._say(f"fine-tuning from {self.train_config.init_from}{frozen}")
+        if self._resumed and cudnn_dropout(getattr(self.model, "module", self.model), self.device):
+            self._say(
+                "note: on a GPU this run resumes close to, not exactly on, the path it would "
+                "have taken: cuDNN draws the dropout between recurrent layers from a random "
+                "state of its own, which cannot be saved"
+            )
 
     def _say(self, message: str) -> None:
         say(self.progress, message)
+
+
+def cudnn_dropout(model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether ``model`` trains on ``device`` with dropout drawn by cuDNN (between the layers
+    of a multi-layer RNN / GRU / LSTM on a GPU), whose random state torch cannot save."""
+    from lmforge.models.recurrent import RecurrentLM
+
+    if device.type != "cuda" or not torch.backends.cudnn.enabled:
+        return False
+    config = getattr(model, "config", None)
+    return isinstance(model, RecurrentLM) and config.n_layer > 1 and config.dropout > 0
