@@ -6,10 +6,10 @@
 #                against the uninterrupted run and against a second uninterrupted run (how much
 #                two identical runs differ on this GPU); logits on the GPU against the CPU's
 #   lstm         the same for the default LSTM (cuDNN keeps its weights in one shared buffer)
-#   nccl         torchrun on NCCL with one process
 #   serve_cuda   `lmforge serve` on the GPU under load (benchmarks/serve_load.py --device cuda)
 #   serve_cpu    the same on this machine's CPU cores
-#   shakespeare  nanoGPT's shakespeare-char run (benchmarks/gpu_shakespeare.sh)
+#   shakespeare  nanoGPT's shakespeare-char run (benchmarks/gpu_shakespeare.sh; with two GPUs
+#                or more it also checks torchrun on NCCL)
 #
 #     bash benchmarks/gpu_checks.sh [LOG_DIR]                    # every part
 #     PARTS="lstm serve_cuda" bash benchmarks/gpu_checks.sh      # some of them
@@ -21,7 +21,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 LOGS=${1:-runs/gpu-checks}
 PYTHON=${PYTHON:-python3}
-PARTS=${PARTS:-transformer lstm nccl serve_cuda serve_cpu shakespeare}
+PARTS=${PARTS:-transformer lstm serve_cuda serve_cpu shakespeare}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu STEPS=20 PARTS=lstm tries a part on a machine without a GPU
 STEPS=${STEPS:-200}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -100,23 +100,12 @@ sys.exit(0 if error < 1e-3 else 1)
 CHECK
 }
 
-nccl() {
-    set -e
-    $PYTHON -m torch.distributed.run --standalone --nproc_per_node 1 -m lmforge train \
-        --corpus tinyshakespeare --model transformer --preset tiny --device cuda \
-        --dtype bfloat16 --max-steps 150 --eval-interval 50 --eval-iters 20 \
-        --out "$WORK/nccl" --quiet
-    tail -n 2 "$WORK/nccl/metrics.jsonl"
-    grep -o '"world_size": [0-9]*' "$WORK/nccl/config.json"
-}
-
-export -f commands nccl
+export -f commands
 export LMFORGE PYTHON WORK DEVICE STEPS
 for name in $PARTS; do
     case $name in
         transformer) part transformer 120 bash -c 'commands "$@"' _ tiny --model transformer --preset tiny ;;
         lstm) part lstm 120 bash -c 'commands "$@"' _ lstm --model lstm ;;
-        nccl) part nccl 60 bash -c nccl ;;
         serve_cuda) part serve_cuda 140 "$PYTHON" benchmarks/serve_load.py --device cuda --repeats 1 ;;
         serve_cpu) part serve_cpu 200 "$PYTHON" benchmarks/serve_load.py --device cpu --repeats 1 ;;
         shakespeare)

@@ -16,7 +16,8 @@ prompts of mixed lengths cut from the corpus) and reports:
   on a machine shared with other jobs, wall-clock rates swing with the load while CPU time per
   token barely moves, so it is the figure to compare there,
 
-each the median over ``--repeats`` rounds of the level (errors: the total),
+each the median over ``--repeats`` rounds of the level (errors: the total), after one short
+unmeasured request to each model and one short unmeasured run of each peer (warm-up),
 
 the serving engine alone in this process (no HTTP: requests submitted to an ``Engine`` on the
 same weights, prompts and settings, with serve's engine threads) for 1 and for the most
@@ -216,6 +217,16 @@ def measured_level(
     return merged_rounds(rounds)
 
 
+def warm_up(port: int, model_id: str, model: Any, ids: list[int], threads: int) -> None:
+    """One short completion through the server and one short run of each in-process peer,
+    not measured: a model's first steps pay one-off costs (on a GPU, CUDA's and cuDNN's
+    initialisation: hundreds of milliseconds) that no level should carry."""
+    asyncio.run(load_level(port, model_id, ["ROMEO:"], 8))
+    engine_rate(model, [ids], 8, threads)
+    for peer in peer_threads():
+        sample_round(model, ids, 8, peer)
+
+
 def merged_rounds(rounds: list[dict]) -> dict:
     """The median of each figure over the rounds of a level, the errors summed."""
     merged = {key: statistics.median(r[key] for r in rounds) for key in FIGURES}
@@ -362,6 +373,9 @@ def main() -> None:
                 name = run.resolve().name
                 loaded = load_run(run, device=args.device)
                 threads_alone = args.server_threads or engine_threads()
+                warm_up(
+                    port, name, loaded.model, prompt_ids(loaded.tokenizer, "ROMEO:"), threads_alone
+                )
                 single = None
                 for clients in args.clients:
                     prompts = mixed_prompts(text, clients, seed=clients)
