@@ -5,6 +5,7 @@ promised."""
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +18,14 @@ from lmforge.errors import LmforgeError
 from lmforge.generation import SampleConfig, generate, generate_ids, score
 from lmforge.models import build_model, ragged
 from lmforge.models.base import LanguageModel
-from lmforge.serving.engine import Engine, EngineStopped, QueueFull, Request, TokenInfo
+from lmforge.serving.engine import (
+    Engine,
+    EngineStopped,
+    QueueFull,
+    Request,
+    TokenInfo,
+    draw_rows,
+)
 from lmforge.tokenizers import CharTokenizer
 
 VOCAB = 40
@@ -359,3 +367,26 @@ def test_call_runs_on_the_engine_thread_and_stop_ends_everything() -> None:
             engine.submit(Request([1], greedy(1)))
 
     asyncio.run(scenario())
+
+
+def test_draw_rows_draws_what_multinomial_draws_row_by_row() -> None:
+    torch.manual_seed(0)
+    for vocab in (2, 65, 1000):
+        logits = torch.randn(6, vocab) * 3
+        logits[1, : vocab // 2] = -math.inf  # a filtered row: those tokens are never drawn
+        logits[4] = math.nan  # multinomial refuses this row
+        probs = logits.softmax(dim=-1)
+        seeds = [11, 12, 13, 14, 15, 16]
+        ours = [torch.Generator().manual_seed(s) for s in seeds]
+        tokens, valid = draw_rows(probs, ours)
+        assert valid == [True, True, True, True, False, True]
+        for i, seed in enumerate(seeds):
+            theirs = torch.Generator().manual_seed(seed)
+            if i == 4:
+                with pytest.raises(RuntimeError):
+                    torch.multinomial(probs[i : i + 1], 1, generator=theirs)
+            else:
+                expected = torch.multinomial(probs[i : i + 1], 1, generator=theirs)
+                assert int(tokens[i]) == int(expected)
+            assert torch.equal(ours[i].get_state(), theirs.get_state())  # same draws consumed
+        assert int(tokens[1]) >= vocab // 2

@@ -553,21 +553,24 @@ class Engine:
         failed: set[int] = set()
         drawn: dict[int, torch.Tensor] = {}
         for group in _sampling_groups(rows):
-            # rows that filter alike are processed together, and their probabilities taken
-            # in one softmax (always at a temperature > 0: see _sampling_groups); each row
-            # draws with its own generator
+            # rows that filter alike are processed together and drawn in one go (always at a
+            # temperature > 0: see _sampling_groups), each with its own generator
             processed = _grouped_process_logits(logits, group, rows)
-            probs = None if processed is None else processed.softmax(dim=-1)
-            for j, i in enumerate(group):
+            if processed is not None:
+                generators = [rows[i].generator for i in group]
+                group_tokens, valid = draw_rows(processed.softmax(dim=-1), generators)
+                for j, i in enumerate(group):
+                    if valid[j]:
+                        drawn[i] = group_tokens[j : j + 1]
+                    else:  # NaN logits, say: this row fails, the others go on
+                        self._fail(rows[i], LmforgeError(INVALID_DRAW), outbox)
+                        failed.add(i)
+                continue
+            for i in group:
                 slot = rows[i]
                 try:
-                    if probs is None:
-                        row = process_logits(logits[i : i + 1], slot.config, slot.seen)
-                        drawn[i] = sample_next(row, slot.config, slot.generator)
-                    else:
-                        drawn[i] = torch.multinomial(probs[j : j + 1], 1, generator=slot.generator)[
-                            0
-                        ]
+                    row = process_logits(logits[i : i + 1], slot.config, slot.seen)
+                    drawn[i] = sample_next(row, slot.config, slot.generator)
                 except RuntimeError as exc:  # e.g. NaN logits: this row fails, others go on
                     self._fail(slot, exc, outbox)
                     failed.add(i)
@@ -645,6 +648,33 @@ def _grouped_process_logits(
     with contextlib.suppress(RuntimeError):
         return process_logits(logits.index_select(0, index), rows[group[0]].config)
     return None
+
+
+INVALID_DRAW = "model step failed: the next-token probabilities are not finite (NaN or inf)"
+
+
+def draw_rows(
+    probs: torch.Tensor, generators: list[torch.Generator]
+) -> tuple[torch.Tensor, list[bool]]:
+    """One token per row of ``probs`` [N, I], row i drawn with ``generators[i]``: exactly the
+    token, and the generator state after, of ``torch.multinomial(probs[i:i+1], 1,
+    generator=generators[i])``, which for one sample takes argmax(p / q), q ~ Exp(1) drawn
+    from the generator. Here the division and the argmax run once for all rows, and the rows'
+    validity is read back once rather than once per row (on a GPU, one synchronisation per
+    step instead of one per row). A row multinomial would refuse (not finite, negative, or
+    summing to 0) draws nothing and is False in the returned list.
+
+    >>> probs = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    >>> draw_rows(probs, [torch.Generator(), torch.Generator()])
+    (tensor([1, 0]), [True, True])
+    """
+    usable = torch.isfinite(probs).all(dim=-1) & (probs >= 0).all(dim=-1) & (probs.sum(-1) > 0)
+    valid = usable.tolist()
+    q = torch.ones_like(probs)
+    for row, ok, generator in zip(q, valid, generators, strict=True):
+        if ok:
+            row.exponential_(generator=generator)
+    return (probs / q).argmax(dim=-1), valid
 
 
 def hole_filling_order(kept: list[int]) -> list[int]:
