@@ -156,7 +156,8 @@ def plot_run(
     name = f"{run_dir.name} ({run.model.family})"
     target.mkdir(parents=True, exist_ok=True)
 
-    paths, notes = [target / "embeddings.png", target / "neighbours.txt"], []
+    map_path, table_path = target / "embeddings.png", target / "neighbours.txt"
+    paths, notes = [map_path, table_path], []
     if records:
         paths.insert(0, target / "loss.png")
         plot_losses(records, paths[0], name)
@@ -172,14 +173,14 @@ def plot_run(
         [tokens[i] for i in shown],
         classes,
         class_names,
-        paths[-2],
+        map_path,
         f"{name}: PCA of the {table}, {which}",
     )
     if queries is None:
         order = shown if counts is None else [int(i) for i in np.argsort(-counts, kind="stable")]
         queries = emap.default_queries(tokens, kind, order)
     text = emap.neighbours_table(weight, tokens, queries)
-    atomic_write_text(paths[-1], text + "\n")
+    atomic_write_text(table_path, text + "\n")
     if run.model.family == "bigram":
         paths.append(target / "bigram.png")
         plot_bigram_run(weight, tokens, counts, paths[-1], name)

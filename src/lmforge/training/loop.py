@@ -25,7 +25,7 @@ from lmforge.device import autocast, resolve_dtype
 from lmforge.errors import RunError, TrainingError
 from lmforge.evaluation import mean_loss
 from lmforge.fileio import atomic_copy
-from lmforge.losses import batch_loss
+from lmforge.losses import batch_loss, unwrap
 from lmforge.models.base import LanguageModel
 from lmforge.runs import BEST_WEIGHTS, FINAL_WEIGHTS, METRICS_FILE, TRAINER_STATE, save_weights
 from lmforge.tokenizers.base import Tokenizer
@@ -509,7 +509,7 @@ class Trainer:
         if self.train_config.init_from is not None:
             frozen = "".join(f", {part} frozen" for part in self.train_config.freeze)
             self._say(f"fine-tuning from {self.train_config.init_from}{frozen}")
-        if self._resumed and cudnn_dropout(getattr(self.model, "module", self.model), self.device):
+        if self._resumed and cudnn_dropout(unwrap(self.model), self.device):
             self._say(
                 "note: on a GPU this run resumes close to, not exactly on, the path it would "
                 "have taken: cuDNN draws the dropout between recurrent layers from a random "
@@ -527,5 +527,4 @@ def cudnn_dropout(model: torch.nn.Module, device: torch.device) -> bool:
 
     if device.type != "cuda" or not torch.backends.cudnn.enabled:
         return False
-    config = getattr(model, "config", None)
-    return isinstance(model, RecurrentLM) and config.n_layer > 1 and config.dropout > 0
+    return isinstance(model, RecurrentLM) and model.config.n_layer > 1 and model.config.dropout > 0
