@@ -27,7 +27,7 @@ def test_the_wt2_preset_sets_the_shape_and_the_training() -> None:
     }
     train = config.train
     assert (train.batch_size, train.block_size, train.grad_clip) == (32, 35, 0.25)
-    assert (train.optimizer, train.learning_rate, train.lr_schedule) == ("sgd", 20.0, "constant")
+    assert (train.optimizer, train.learning_rate, train.lr_schedule) == ("sgd", 20.0, "cosine")
     assert (train.warmup_steps, train.weight_decay) == (0, 0.0)
 
 
