@@ -399,6 +399,17 @@ def measured(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def row_name(row: dict[str, Any], budget: float) -> str:
+    """A row's name in tables and legends: its family, and its budget where that is not the
+    table's.
+
+    >>> row_name({"family": "lstm-wt2", "budget": 3600.0}, 600.0)
+    'lstm-wt2 (3600 s budget)'
+    """
+    name = row["family"]
+    return name if row["budget"] == budget else f"{name} ({row['budget']:g} s budget)"
+
+
 def corpus_table(rows: list[dict[str, Any]], budget: float) -> str:
     """One corpus's Markdown table."""
     head = (
@@ -408,9 +419,7 @@ def corpus_table(rows: list[dict[str, Any]], budget: float) -> str:
     )
     lines = [head]
     for row in rows:
-        name = row["family"]
-        if row["budget"] != budget:
-            name += f" ({row['budget']:g} s budget)"
+        name = row_name(row, budget)
         test = row.get("test")
         final = test or row["val"]
         lines.append(
@@ -439,8 +448,9 @@ def replace_between_markers(text: str, content: str, where: str = "the document"
     return text[: start + len(BEGIN)] + f"\n{content}\n" + text[stop:]
 
 
-def plot_curves(rows: dict[str, Any], corpus: str, path: Path) -> None:
-    """Every stored validation curve of ``corpus`` against wall time, log-scaled, in one PNG."""
+def plot_curves(rows: dict[str, Any], corpus: str, path: Path, budget: float) -> None:
+    """Every stored validation curve of ``corpus`` against wall time, log-scaled, in one PNG
+    (rows named as in the table for ``budget``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -449,10 +459,11 @@ def plot_curves(rows: dict[str, Any], corpus: str, path: Path) -> None:
     from lmforge.fileio import atomic_write_with
 
     fig, ax = plt.subplots(figsize=(8, 5))
+    ax.set_prop_cycle(color=[*plt.cm.tab10.colors, *plt.cm.Dark2.colors])  # 18 distinct
     for row in rows.values():
         points = [p for p in row.get("curve", []) if p[0] > 0]  # log scale: step 0 is at 0 s
         if row["corpus"] == corpus and points:
-            ax.plot(*zip(*points, strict=True), marker=".", label=row["family"])
+            ax.plot(*zip(*points, strict=True), marker=".", label=row_name(row, budget))
     ax.set_xscale("log")
     ax.set_xlabel("wall time (s, training only)")
     ax.set_ylabel("validation loss (nats/token, estimate)")
@@ -481,7 +492,7 @@ def write_docs(rows: dict[str, Any], budget: float) -> None:
         print(f"wrote the ladder into {path.relative_to(REPO)}")
     for corpus in CORPORA:
         if any(row["corpus"] == corpus for row in rows.values()):
-            plot_curves(rows, corpus, REPO / "docs" / "img" / f"ladder-{corpus}.png")
+            plot_curves(rows, corpus, REPO / "docs" / "img" / f"ladder-{corpus}.png", budget)
 
 
 def main() -> None:

@@ -357,9 +357,9 @@ LSTM_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # parameters, where a tied 2×400 runs at 0.67× (BENCHMARKS.md, "The ladder on three
     # corpora"). The optimizer is the example's, plain SGD at lr 20 with clip 0.25, but the
     # rate decays on a cosine over the budget (to lr / 10) where the example divides it by 4
-    # at each plateau: held constant it stalls after ~40 min (test perplexity 211.2 at 60 min
-    # against the example's 160.0). In 600 quiet seconds cosine reached 240.8 against 275.2
-    # constant, 321.1 with AdamW 3e-3 and 301.4 for the example itself.
+    # at each plateau: held constant it stalls after ~40 min. Test perplexity (state carried)
+    # on the quiet CPU: 234.2 at 600 s and 145.2 at 3600 s, against 275–283 and 211.2 at a
+    # constant lr, 321.1 with AdamW 3e-3 at 600 s, and 293.7 and 160.0 for the example.
     "wt2": {
         "model": {
             "n_embd": 256,
