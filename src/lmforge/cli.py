@@ -683,7 +683,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as exc:
         if not _joined_a_job():
             raise
-        code = _exit_code_after(exc)
+        from lmforge.training.distributed import exit_now
+
+        exit_now(_exit_code_after(exc))  # before `exc` and the frames it holds are freed
     if _joined_a_job():
         from lmforge.training.distributed import exit_without_teardown
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,9 +169,19 @@ sys.exit(code)
 """
 
 
-def run_two_ranks(script: Path, *args: str) -> list[tuple[int, str]]:
+def stderr_after_abort(proc: subprocess.Popen) -> str:
+    """The end of a rank's stderr once it has stopped (killed if SIGABRT did not end it)."""
+    try:
+        return proc.communicate(timeout=10)[1][-4000:]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()[1][-4000:]
+
+
+def run_two_ranks(script: Path, *args: str, timeout: float = 120) -> list[tuple[int, str]]:
     """Run ``script args`` as ranks 0 and 1 of a gloo job, without a launcher that could end a
-    rank: each must stop by itself. Returns each rank's (exit code, stderr)."""
+    rank: each must stop by itself. Returns each rank's (exit code, stderr); a job still
+    running after ``timeout`` seconds fails the test with every rank's Python stacks."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -183,11 +195,21 @@ def run_two_ranks(script: Path, *args: str) -> list[tuple[int, str]]:
             "LOCAL_RANK": str(rank),
             "WORLD_SIZE": "2",
             "OMP_NUM_THREADS": "1",
+            "PYTHONFAULTHANDLER": "1",  # SIGABRT prints every thread's Python stack
         }
         command = [sys.executable, str(script), *args]
         ranks.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True))
+    deadline = time.monotonic() + timeout
     try:
-        errors = [proc.communicate(timeout=120)[1] for proc in ranks]
+        errors = [
+            proc.communicate(timeout=max(deadline - time.monotonic(), 0.1))[1] for proc in ranks
+        ]
+    except subprocess.TimeoutExpired:
+        stuck = [rank for rank, proc in enumerate(ranks) if proc.poll() is None]
+        for rank in stuck:
+            ranks[rank].send_signal(signal.SIGABRT)
+        tails = [f"rank {rank}:\n{stderr_after_abort(proc)}" for rank, proc in enumerate(ranks)]
+        pytest.fail(f"ranks {stuck} still running after {timeout} s\n" + "\n".join(tails))
     finally:
         for proc in ranks:
             proc.kill()
@@ -250,6 +272,22 @@ def test_a_rank_that_lost_its_peer_says_so_in_one_line(monkeypatch):
         raise RuntimeError(lost)
     with pytest.raises(RuntimeError, match="a bug"), distributed.process_group("cpu"):
         raise RuntimeError("a bug")
+
+
+def test_a_rank_that_fails_leaves_the_group_without_waiting_on_its_peers(monkeypatch):
+    # tearing the group down waits for the backend's work in flight, which may wait on a peer
+    # that never answers; a failed rank exits at once instead, and its peers' collectives fail
+    monkeypatch.setattr(distributed, "init_distributed", lambda _: DistributedInfo(0, 0, 2))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    destroyed = []
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: destroyed.append(True))
+    for failure in (RuntimeError("a bug"), OSError(28, "No space left on device"), KeyError(1)):
+        with pytest.raises(type(failure)), distributed.process_group("cpu"):
+            raise failure
+    assert destroyed == []
+    with distributed.process_group("cpu"):
+        pass
+    assert destroyed == [True]
 
 
 EXIT_AFTER_A_JOB = """

@@ -96,7 +96,9 @@ def process_group(device_request: str | None) -> Iterator[DistributedInfo]:
     """Join the torchrun job for the span of a ``with`` block, then leave it cleanly.
 
     A rank whose collective fails because another process went away stops with one line
-    instead of a backend traceback.
+    instead of a backend traceback. A block that raises leaves the group as it is: tearing it
+    down waits for the backend's work in flight, which may wait on a peer that will never
+    answer, and a failed rank must exit at once so that its peers' collectives fail too.
     """
     info = init_distributed(device_request)
     try:
@@ -108,8 +110,7 @@ def process_group(device_request: str | None) -> Iterator[DistributedInfo]:
                 "its error is shown above"
             ) from None
         raise
-    finally:
-        shutdown_distributed(info)
+    shutdown_distributed(info)
 
 
 def _lost_a_peer(exc: RuntimeError) -> bool:
@@ -142,10 +143,16 @@ def exit_without_teardown(code: int) -> None:
     ("terminate called without an active exception"). Every file lmforge writes is closed
     by then, so only the standard streams need flushing.
     """
-    atexit.register(_exit_now, code)
+    atexit.register(exit_now, code)
 
 
-def _exit_now(code: int) -> None:
+def exit_now(code: int) -> None:
+    """End the process with ``code`` at once, flushing only the standard streams.
+
+    A rank whose command raised calls this before the exception is freed: freeing it frees
+    the frames that hold the model and, through DDP, the backend, whose destructor can wait
+    forever for a peer that has stopped.
+    """
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
