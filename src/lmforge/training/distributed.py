@@ -96,9 +96,11 @@ def process_group(device_request: str | None) -> Iterator[DistributedInfo]:
     """Join the torchrun job for the span of a ``with`` block, then leave it cleanly.
 
     A rank whose collective fails because another process went away stops with one line
-    instead of a backend traceback. A block that raises leaves the group as it is: tearing it
-    down waits for the backend's work in flight, which may wait on a peer that will never
-    answer, and a failed rank must exit at once so that its peers' collectives fail too.
+    instead of a backend traceback. A block that raises leaves the group as it is: once
+    destroyed, the group is freed with the last object holding it (DDP's reducer, in the
+    failed frames), and its destructor joins backend threads that can wait forever on a peer
+    that has stopped. The failed process exits without teardown instead (the command line
+    does), which closes its connections, so its peers' collectives fail.
     """
     info = init_distributed(device_request)
     try:
