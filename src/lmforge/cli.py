@@ -12,6 +12,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any, NoReturn
 
 from lmforge import __version__
@@ -681,15 +682,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = _run_command(args.func, args)
     except BaseException as exc:
-        if not _joined_a_job():
+        job = _joined_job()
+        if job is None:
             raise
-        from lmforge.training.distributed import exit_now
-
-        exit_now(_exit_code_after(exc))  # before `exc` and the frames it holds are freed
-    if _joined_a_job():
-        from lmforge.training.distributed import exit_without_teardown
-
-        exit_without_teardown(code)
+        job.exit_now(_exit_code_after(exc))  # before `exc` and the frames it holds are freed
+    job = _joined_job()
+    if job is not None:
+        job.exit_without_teardown(code)
     return code
 
 
@@ -715,10 +714,11 @@ def _run_command(func: Callable[[argparse.Namespace], int], args: argparse.Names
         return 0
 
 
-def _joined_a_job() -> bool:
-    """Whether this process joined a torchrun job (without importing torch to find out)."""
+def _joined_job() -> ModuleType | None:
+    """``lmforge.training.distributed`` if this process joined a torchrun job, else None
+    (found without importing torch)."""
     module = sys.modules.get("lmforge.training.distributed")
-    return module is not None and module.joined_a_job()
+    return module if module is not None and module.joined_a_job() else None
 
 
 def _exit_code_after(exc: BaseException) -> int:
