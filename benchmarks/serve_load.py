@@ -21,7 +21,10 @@ unmeasured request to each model and one short unmeasured run of each peer (warm
 
 the serving engine alone in this process (no HTTP: requests submitted to an ``Engine`` on the
 same weights, prompts and settings, with serve's engine threads) for 1 and for the most
-clients, the bound the server's rates cannot pass; and ``generation.generate_ids`` in this
+clients, the bound the server's rates cannot pass, with the engine's seconds by phase
+(``Engine.seconds``: reading prompts and slid windows, decoding, sampling) and the rate its
+reads alone allow (generated tokens over read seconds: a level cannot pass it even if decoding
+and sampling cost nothing); and ``generation.generate_ids`` in this
 process (what ``lmforge sample`` runs) on the same weights, 128 tokens from the single client's
 prompt, as the single-client peer (tokens/s and CPU time per token, median of ``--repeats``;
 its rounds and the engine alone's are taken in turn with the single-client level's, so that a
@@ -41,8 +44,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
+import math
 import os
 import random
 import socket
@@ -262,27 +267,55 @@ def sample_round(model: Any, ids: list[int], tokens: int, threads: int) -> tuple
         return tokens / (time.perf_counter() - started), 1000 * (time.process_time() - cpu) / tokens
 
 
-def engine_rate(model: Any, prompts: list[list[int]], tokens: int, threads: int) -> float:
+def engine_rate(model: Any, prompts: list[list[int]], tokens: int, threads: int) -> EngineRound:
     """Generated tokens/s of the serving engine alone, in this process (no HTTP): every prompt
-    submitted at once, as the clients of a level are."""
+    submitted at once, as the clients of a level are; with the engine's time by phase and the
+    tokens it read (prompts and slid windows)."""
 
     async def one(engine: Engine, i: int, prompt: list[int]) -> int:
         config = SampleConfig(max_new_tokens=tokens, temperature=0.8, seed=i)
         seq = engine.submit(Request(prompt, config, logprobs=False))
         return sum([len(batch) async for batch in _batches(seq)])
 
-    async def level() -> float:
+    async def level() -> EngineRound:
         engine = Engine(model, max_batch=len(prompts), max_queue=len(prompts))
         engine.start()
         try:
             started = time.perf_counter()
             counts = await asyncio.gather(*(one(engine, i, p) for i, p in enumerate(prompts)))
-            return sum(counts) / (time.perf_counter() - started)
+            rate = sum(counts) / (time.perf_counter() - started)
         finally:
             await asyncio.to_thread(engine.stop)
+        return EngineRound(rate, sum(counts), engine.seconds, engine.read_tokens)
 
     with torch_threads(threads):
         return asyncio.run(level())
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineRound:
+    """One round of the engine alone: tokens/s, tokens generated, engine seconds by phase
+    (``Engine.seconds``) and tokens read by prompt and window reads."""
+
+    rate: float
+    generated: int
+    seconds: dict[str, float]
+    read_tokens: int
+
+    def phases_row(self, name: str, sequences: int, alone_rate: float) -> str:
+        """A row of the phase table: where the engine's time went, and the rate the level
+        could not pass even if decoding and sampling cost nothing (its reads alone)."""
+        read, decode, sample = (self.seconds[p] for p in ("read", "decode", "sample"))
+        bound = self.generated / read if read > 0 else math.inf
+        return (
+            f"| {name} | {sequences} | {self.rate:.0f} | {read:.2f} ({self.read_tokens:,}) "
+            f"| {decode:.2f} | {sample:.2f} | {bound:,.0f} ({bound / alone_rate:.1f}×) |"
+        )
+
+
+def median_round(rounds: list[EngineRound]) -> EngineRound:
+    """The round with the median rate (the lower middle one of an even count)."""
+    return sorted(rounds, key=lambda r: r.rate)[(len(rounds) - 1) // 2]
 
 
 async def _batches(seq: Sequence) -> AsyncIterator[list[TokenInfo]]:
@@ -322,14 +355,14 @@ def single_level(
     token) on the first prompt; medians over ``repeats`` rounds."""
     ids = [prompt_ids(tokenizer, p) for p in prompts]
     rounds: list[dict] = []
-    engine: list[float] = []
+    engine: list[EngineRound] = []
     samples: dict[int, list[tuple[float, float]]] = {t: [] for t in peer_threads()}
     for _ in range(repeats):
         rounds.append(measured_level(server, port, model_id, prompts, tokens, 1))
         engine.append(engine_rate(model, ids, tokens, threads_alone))
         for threads, values in samples.items():
             values.append(sample_round(model, ids[0], tokens, threads))
-    peers: dict[str, Any] = {"engine": statistics.median(engine)}
+    peers: dict[str, Any] = {"engine": median_round(engine)}
     for threads, values in samples.items():
         peers[f"sample {threads}"] = tuple(statistics.median(v[i] for v in values) for i in (0, 1))
     return merged_rounds(rounds), peers
@@ -369,6 +402,7 @@ def main() -> None:
                 "| CPU ms/token | errors |"
             )
             print("|---|---|---|---|---|---|---|---|---|")
+            phases: list[str] = []
             for run in runs:
                 name = run.resolve().name
                 loaded = load_run(run, device=args.device)
@@ -408,18 +442,20 @@ def main() -> None:
                     )
                 most = mixed_prompts(text, max(args.clients), seed=max(args.clients))
                 most_ids = [prompt_ids(loaded.tokenizer, p) for p in most]
-                rates = [
+                rounds = [
                     engine_rate(loaded.model, most_ids, args.tokens, threads_alone)
                     for _ in range(args.repeats)
                 ]
                 alone = {min(args.clients): peers["engine"]}
-                alone[max(args.clients)] = statistics.median(rates)
-                for clients, rate in alone.items():
+                alone[max(args.clients)] = median_round(rounds)
+                one_rate = alone[min(alone)].rate
+                for clients, engine_round in alone.items():
                     print(
-                        f"| {name} | engine alone (no HTTP), {clients} | {rate:.0f} "
-                        f"| {rate / alone[min(alone)]:.1f}× | | | | | |",
+                        f"| {name} | engine alone (no HTTP), {clients} | {engine_round.rate:.0f} "
+                        f"| {engine_round.rate / one_rate:.1f}× | | | | | |",
                         flush=True,
                     )
+                    phases.append(engine_round.phases_row(name, clients, one_rate))
                 for threads in peer_threads():
                     rate, cpu_ms = peers[f"sample {threads}"]
                     print(
@@ -429,6 +465,13 @@ def main() -> None:
                         "| |",
                         flush=True,
                     )
+            print(
+                "\nThe engine alone (median round), its seconds by phase; reads-only bound: "
+                "generated tokens / read seconds (× the engine alone's 1-sequence rate)\n\n"
+                "| model | sequences | tok/s | read s (tokens read) | decode s | sample s "
+                "| reads-only bound tok/s |\n|---|---|---|---|---|---|---|"
+            )
+            print("\n".join(phases), flush=True)
         finally:
             server.terminate()
             server.wait(30)

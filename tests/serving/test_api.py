@@ -205,6 +205,9 @@ def test_metrics_count_requests_tokens_and_latencies(start_server, runs):
     assert samples[("lmforge_active_sequences", model)] == 0
     assert samples[("lmforge_queued_sequences", model)] == 0
     assert samples[("lmforge_engine_steps_total", model)] >= 4
+    assert samples[("lmforge_engine_read_tokens_total", model)] == 2 * 5  # no window slides
+    for phase in ("read", "decode", "sample"):
+        assert samples[("lmforge_engine_seconds_total", (*model, ("phase", phase)))] > 0
 
 
 def wait_until(condition, seconds=30.0):

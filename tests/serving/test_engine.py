@@ -8,6 +8,7 @@ import asyncio
 import math
 import random
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -185,6 +186,42 @@ def test_batched_equals_alone_other_families(kind: str) -> None:
     assert [t.token for t in single] == [int(t) for t in generate_ids(model, prompt, greedy(12))]
 
 
+@pytest.mark.parametrize("kind", ["rotary", "llama", "lstm", "gru"])
+def test_windows_that_join_together_are_read_in_one_call(kind: str) -> None:
+    """Prompts of similar lengths that arrive together are read in one padded model call,
+    and each sequence gets what it gets alone (its slid windows too: 35 tokens pass the
+    Transformer's block of 24); a prompt too long to pad with them (29 tokens, cropped to 24
+    by the Transformer) and one that wants its prompt's logprobs are read alone."""
+    model = make_model(kind)
+    prompts = [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11], [12, 13, 14, 15, 16], list(range(1, 30))]
+    requests = [Request(p, greedy(30)) for p in prompts]
+    requests.append(Request([2, 4, 6, 8, 10], greedy(30), prompt_logprobs=True))
+    singles = [asyncio.run(alone(model, r)) for r in requests]
+    reads: list[tuple[int, int]] = []  # [B, T] of the token embeddings' inputs, T > 1
+    (embedding,) = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    hook = embedding.register_forward_pre_hook(
+        lambda m, args: reads.append(tuple(args[0].shape)) if args[0].shape[1] > 1 else None
+    )
+
+    async def together() -> list[list[TokenInfo]]:
+        engine = Engine(model, max_batch=8)
+        seqs = [engine.submit(r) for r in requests]  # all waiting when the engine starts
+        engine.start()
+        try:
+            return await asyncio.gather(*(collect(s) for s in seqs))
+        finally:
+            await asyncio.to_thread(engine.stop, 1.0)
+
+    try:
+        batched = asyncio.run(together())
+    finally:
+        hook.remove()
+    for b, s in zip(batched, singles, strict=True):
+        assert_same(b, s)
+    longest = 29 if kind in ("lstm", "gru") else 24
+    assert sorted(reads[:3]) == [(1, 5), (1, longest), (3, 6)]
+
+
 def test_logprobs_are_the_raw_distribution() -> None:
     """The chosen token's logprob and the alternatives come from log_softmax of the raw
     logits, whatever temperature / top-k the token was drawn with."""
@@ -228,6 +265,35 @@ def test_transformer_window_slides_as_generate_ids() -> None:
     ):
         tokens = [t.token for t in asyncio.run(alone(model, Request(prompt, config)))]
         assert tokens == [int(t) for t in generate_ids(model, prompt, config)]
+
+
+def test_engine_counts_the_tokens_it_reads_and_its_time_by_phase() -> None:
+    """read_tokens: the cropped prompt, then each slid window again (block 24 keeps 18 tokens
+    and slides every 7th token: 24 + 9 * 18), as many as generate_ids reads without a state;
+    every phase's seconds grow, and together they fit in the run's wall time."""
+    model = make_model("rotary")
+    prompt = [i % VOCAB for i in range(30)]
+    read_by_generate = []
+    hook = model.register_forward_pre_hook(
+        lambda m, args: read_by_generate.append(args[0].shape[1]) if len(args) == 1 else None
+    )
+    try:
+        list(generate_ids(model, prompt, greedy(60)))
+    finally:
+        hook.remove()
+
+    async def run() -> tuple[int, dict[str, float], float]:
+        started = time.perf_counter()
+        async with running(model) as engine:
+            assert engine.read_tokens == 0 and set(engine.seconds.values()) == {0.0}
+            await collect(engine.submit(Request(prompt, greedy(60))))
+            return engine.read_tokens, engine.seconds, time.perf_counter() - started
+
+    read_tokens, seconds, wall = asyncio.run(run())
+    assert read_tokens == sum(read_by_generate) == 24 + 9 * 18
+    assert set(seconds) == {"read", "decode", "sample"}
+    assert all(value > 0 for value in seconds.values())
+    assert sum(seconds.values()) < wall
 
 
 @pytest.mark.parametrize("continuation", ["defgh", "defghijklmnopqrstuvwxyzABCDEFGH"])

@@ -59,9 +59,10 @@ class RaggedKVCache:
         first = self.keys[0]
         return 0 if first is None else first.shape[2]
 
-    def insert(self, cache: Any) -> None:
-        """Append the rows of a filled :class:`~lmforge.models.transformer.KVCache` (all of
-        its rows have its length)."""
+    def insert(self, cache: Any, lengths: torch.Tensor | None = None) -> None:
+        """Append the rows of a filled :class:`~lmforge.models.transformer.KVCache`, each of
+        the cache's length or of its own in ``lengths`` [rows] (right-padded rows: what lies
+        past a row's length is never attended to, and is overwritten as the row goes on)."""
         filled, added = cache.length, cache.batch_size
         if added == 0 or any(k is None for k in cache.keys):
             raise LmforgeError("cannot insert an empty key/value cache into a batch")
@@ -71,8 +72,9 @@ class RaggedKVCache:
             self.values[layer] = _room(self.values[layer], v, b + added, filled, self.block_size)
             self.keys[layer][b : b + added, :, :filled] = k[:, :, :filled]
             self.values[layer][b : b + added, :, :filled] = v[:, :, :filled]
-        lengths = torch.full((added,), filled, dtype=torch.long, device=self.lengths.device)
-        self.lengths = torch.cat([self.lengths, lengths])
+        if lengths is None:
+            lengths = torch.full((added,), filled, dtype=torch.long)
+        self.lengths = torch.cat([self.lengths, lengths.to(self.lengths.device, torch.long)])
 
     def keep(self, rows: list[int]) -> None:
         """Keep only ``rows`` (indices, in the order given): row j becomes old row

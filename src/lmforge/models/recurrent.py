@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lmforge.errors import ConfigError
 from lmforge.models.base import LanguageModel, ModelConfig, register_model
@@ -82,6 +83,18 @@ class RecurrentLM(LanguageModel):
         output, state = self.rnn(x, state)
         hidden = self.drop(output)
         return (hidden if return_hidden else self.head(hidden)), state
+
+    def forward_packed(self, idx: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """For right-padded rows ``idx`` [B, T] of ``lengths`` [B], each read from an empty
+        state to its own length: the logits after each row's last token [B, I] and the
+        state there (what ``forward`` gives each row alone)."""
+        x = self.drop(self.embedding(idx))
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        output, state = self.rnn(packed)
+        hidden, _ = pad_packed_sequence(output, batch_first=True)
+        rows = torch.arange(idx.shape[0], device=hidden.device)
+        last = hidden[rows, lengths.to(hidden.device) - 1]
+        return self.head(self.drop(last)), state
 
     def output_head(self) -> nn.Linear:
         return self.head

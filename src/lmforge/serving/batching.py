@@ -1,16 +1,18 @@
 """The batched state of one model's active sequences: join, keep, step.
 
-Every sequence first reads its prompt alone (B=1, the model's ordinary forward, as
-:func:`lmforge.generation.generate_ids` does); its state then *joins* a batch as a new row. One
-*step* feeds every row its next token in one model call and gives the next-token logits of
-each row; *keep* drops the rows that left. Rows are independent: a row's logits are what the
-sequence would get alone (up to float rounding).
+Every sequence first reads its prompt (the model's ordinary forward from an empty state, as
+:func:`lmforge.generation.generate_ids` does); its state then *joins* a batch as a new row.
+*read* does both for several windows at once: the Transformer and the recurrent models read
+them in one padded model call (a window's result does not depend on the others'), the other
+families one by one. One *step* feeds every row its next token in one model call and gives the
+next-token logits of each row; *keep* drops the rows that left. Rows are independent: a row's
+logits are what the sequence would get alone (up to float rounding).
 
 >>> batch = batch_for(model)
 >>> logits, state = model(prompt_ids[None]); batch.join(state)      # row 0
->>> logits, state = model(other_ids[None]); batch.join(state)       # row 1
->>> batch.step(torch.tensor([next_0, next_1]))                      # logits [2, I]
->>> batch.keep([1])                                                 # row 0 left
+>>> batch.read([other_ids, third_ids])                              # rows 1, 2: logits [2, I]
+>>> batch.step(torch.tensor([next_0, next_1, next_2]))              # logits [3, I]
+>>> batch.keep([1, 2])                                              # row 0 left
 
 Each family batches its own state: the Transformer's key/value caches go into a
 :class:`~lmforge.models.ragged.RaggedKVCache` (every row at its own position); recurrent hidden
@@ -49,6 +51,15 @@ class Batch:
     def keep(self, rows: list[int]) -> None:
         """Keep only ``rows``, in that order."""
         self.states = [self.states[i] for i in rows]
+
+    def read(self, windows: list[list[int]]) -> torch.Tensor:
+        """Read each window of token ids from an empty state and join its state as a new row;
+        return the next-token logits after each window [k, I] (float32). Nothing joins when
+        the model call fails."""
+        results = [self.model(torch.tensor(w, device=_device(self.model))[None]) for w in windows]
+        for _, state in results:
+            self.join(state)
+        return torch.stack([logits[0, -1] for logits, _ in results]).float()
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed row i its next token ``tokens[i]``; return the raw next-token logits [B, I]."""
@@ -100,7 +111,16 @@ class RecurrentBatch(Batch):
         else:
             pairs = zip(self.state, parts, strict=True)
             self.state = tuple(torch.cat([a, b], dim=1) for a, b in pairs)
-        self.rows += 1
+        self.rows += parts[0].shape[1]
+
+    def read(self, windows: list[list[int]]) -> torch.Tensor:
+        """Several windows in one packed call (each runs to its own length)."""
+        if len(windows) == 1:
+            return super().read(windows)
+        idx, lengths = padded(windows, _device(self.model))
+        logits, state = self.model.forward_packed(idx, lengths)
+        self.join(state)
+        return logits.float()
 
     def keep(self, rows: list[int]) -> None:
         self.rows = len(rows)
@@ -145,17 +165,39 @@ class TransformerBatch(Batch):
         return self.rows
 
     def join(self, state: Any) -> None:
-        from lmforge.models.ragged import RaggedKVCache
-
         if self.rows == 0:
             self.cache = state
         else:
-            if self.rows == 1:
-                config = self.model.config
-                alone, self.cache = self.cache, RaggedKVCache(config.n_layer, config.block_size)
-                self.cache.insert(alone)
-            self.cache.insert(state)
+            self._ragged().insert(state)
         self.rows += state.batch_size
+
+    def read(self, windows: list[list[int]]) -> torch.Tensor:
+        """Several windows in one call, right-padded to the longest: causal attention keeps
+        the padding out of each window's own positions, and each row's cache length is its
+        window's (the padding's keys are never attended to, and are overwritten)."""
+        if len(windows) == 1:
+            return super().read(windows)
+        idx, lengths = padded(windows, _device(self.model))
+        hidden, cache = self.model(idx, return_hidden=True)
+        last = hidden[torch.arange(len(windows), device=idx.device), lengths - 1]
+        head = self.model.output_head()
+        assert head is not None
+        logits = head(last)
+        self._ragged().insert(cache, lengths)
+        self.rows += len(windows)
+        return logits.float()
+
+    def _ragged(self) -> Any:
+        """The batch's RaggedKVCache, made (and the lone row's plain cache moved in) if the
+        batch has fewer than two rows."""
+        from lmforge.models.ragged import RaggedKVCache
+
+        if self.rows <= 1:
+            config = self.model.config
+            alone, self.cache = self.cache, RaggedKVCache(config.n_layer, config.block_size)
+            if self.rows == 1:
+                self.cache.insert(alone)
+        return self.cache
 
     def keep(self, rows: list[int]) -> None:
         if self.rows > 1 and len(rows) == 1:
@@ -197,6 +239,26 @@ class ContextBatch(Batch):
                 self.states[i] = (tail_sum[j : j + 1], tail[j : j + 1], seen[j : j + 1])
         assert out is not None
         return out
+
+
+def padded(windows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows of token ids as one right-padded (with token 0) batch [k, longest], and their
+    lengths [k].
+
+    >>> padded([[5, 6, 7], [8]], torch.device("cpu"))
+    (tensor([[5, 6, 7],
+            [8, 0, 0]]), tensor([3, 1]))
+    """
+    longest = max(len(w) for w in windows)
+    rows = [w + [0] * (longest - len(w)) for w in windows]
+    lengths = [len(w) for w in windows]
+    return torch.tensor(rows, device=device), torch.tensor(lengths, device=device)
+
+
+def _device(model: LanguageModel) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
 
 
 def batch_for(model: LanguageModel) -> Batch:

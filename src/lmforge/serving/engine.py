@@ -3,10 +3,12 @@ together, one token per step.
 
 Each loop of the engine thread
 
-1. admits waiting requests while fewer than ``max_batch`` sequences are active: each reads its
-   (cropped) prompt alone, B=1, through the model's ordinary forward, exactly as
-   :func:`lmforge.generation.generate_ids` does (which also gives the prompt's logprobs), and
-   its state joins the batch as a new row (:mod:`lmforge.serving.batching`);
+1. admits waiting requests while fewer than ``max_batch`` sequences are active, and reads
+   their (cropped) prompts and the slid windows of step 4 with the model's ordinary forward
+   from an empty state, as :func:`lmforge.generation.generate_ids` does: windows of similar
+   lengths together, in one padded call (:func:`read_groups`); a lone window, or a prompt
+   whose logprobs are wanted, B=1. Each state joins the batch as a new row
+   (:mod:`lmforge.serving.batching`);
 2. runs ONE batched decode step for the rows already in the batch;
 3. samples each row's next token with the request's own :class:`SampleConfig` and
    ``torch.Generator`` (:func:`generation.process_logits`, :func:`generation.sample_next`), and
@@ -16,8 +18,8 @@ Each loop of the engine thread
    is paid per chunk rather than per token; a sequence's first token and its end are handed
    over at once);
 4. drops finished and cancelled rows at once; a Transformer row whose window is full leaves
-   the batch and re-reads its slid window alone (:func:`generation.slide_window`), then joins
-   again.
+   the batch to re-read its slid window (:func:`generation.slide_window`) in the next step's
+   reads, then joins again.
 
 It sleeps on a condition variable when there is nothing to do. A seeded request therefore
 draws the same tokens as ``lmforge sample --seed S``, alone or in a busy batch.
@@ -59,6 +61,7 @@ from lmforge.serving.batching import Batch, batch_for
 
 T = TypeVar("T")
 _END = object()  # the end of a sequence's token stream
+PHASES = ("read", "decode", "sample")  # where the engine thread's time goes (Engine.seconds)
 _ids = itertools.count(1)
 
 
@@ -195,12 +198,14 @@ Outbox = dict[asyncio.AbstractEventLoop, list[tuple[Sequence, list[Any]]]]
 class _Slot:
     """Engine-thread bookkeeping of one active sequence."""
 
-    def __init__(self, seq: Sequence, device: torch.device, vocab_size: int) -> None:
+    def __init__(
+        self, seq: Sequence, device: torch.device, vocab_size: int, max_context: int | None
+    ) -> None:
         config = seq.request.sample
         self.seq = seq
         self.config = config
         self.history = list(seq.request.prompt_ids)
-        self.start = 0  # where the context window begins in history
+        self.start = prompt_window(len(self.history), max_context)  # the window: history[start:]
         self.generated = 0
         self.generator = torch.Generator(device=device)
         if config.seed is not None:
@@ -251,6 +256,8 @@ class Engine:
         self._closing = False
         self._abort = False
         self._steps = 0
+        self._seconds = dict.fromkeys(PHASES, 0.0)
+        self._read_tokens = 0
         self._mail_lock = threading.Lock()
         self._mail: Outbox = {}  # items each loop has not read yet
         self._woken: set[asyncio.AbstractEventLoop] = set()  # loops with a read scheduled
@@ -274,6 +281,22 @@ class Engine:
     def steps(self) -> int:
         """Engine steps (a batched decode and/or prompt reads) run so far."""
         return self._steps
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Engine-thread seconds spent so far in each of :data:`PHASES`: ``read`` (prompts and
+        slid windows read alone), ``decode`` (the batched steps) and ``sample`` (drawing the
+        rows' tokens and handing them over). Where a busy engine's time goes: at many
+        sequences, a model whose window slides often spends most of it reading. (On a GPU a
+        phase's kernels may still run in the next one: the host waits for them when it reads
+        the tokens back.)"""
+        return dict(self._seconds)
+
+    @property
+    def read_tokens(self) -> int:
+        """Tokens read so far by prompt and window reads (a slid window's tokens again each
+        time it is re-read)."""
+        return self._read_tokens
 
     def start(self) -> None:
         """Start the engine thread (generation never runs on the event loop)."""
@@ -391,6 +414,7 @@ class Engine:
         outbox: Outbox = {}
         self._drop_cancelled(outbox)
         parts: list[torch.Tensor] = []
+        clock = time.perf_counter()
         if self._rows:
             tokens = torch.tensor([s.history[-1] for s in self._rows], device=self._device)
             try:
@@ -399,30 +423,38 @@ class Engine:
                 for slot in self._rows:
                     self._fail(slot, exc, outbox)
                 self._rows, self._batch = [], batch_for(self.model)
-        joining: list[_Slot | Sequence] = [*self._rejoining, *self._admit()]
+        clock = self._account("decode", clock)
+        joining: list[_Slot] = self._rejoining
         self._rejoining = []
-        for slot in joining:
+        for seq in self._admit():
             try:
-                if isinstance(slot, Sequence):
-                    slot = _Slot(slot, self._device, self._vocab_size)
-                logits = self._read_window(slot)
+                joining.append(_Slot(seq, self._device, self._vocab_size, self.model.max_context))
             except Exception as exc:
-                self._fail_sequence(slot if isinstance(slot, Sequence) else slot.seq, exc, outbox)
-                continue
-            if slot.config.max_new_tokens == 0:
-                self._end(slot, "length", outbox)
-                continue
-            self._rows.append(slot)
-            parts.append(logits)
+                self._fail_sequence(seq, exc, outbox)
+        for group in read_groups(joining):
+            for slot, logits in self._read(group, outbox):
+                if slot.config.max_new_tokens == 0:
+                    self._end(slot, "length", outbox)
+                    continue
+                self._rows.append(slot)
+                parts.append(logits)
+        clock = self._account("read", clock)
         if parts:
             logits = parts[0] if len(parts) == 1 else torch.cat(parts)
             self._sample_and_deliver(logits, outbox)
         self._drop_cancelled(outbox)
         self._steps += 1
         self._deliver(outbox, flush=not (self._rows or self._rejoining))
+        self._account("sample", clock)
         if self.on_step is not None:
             with contextlib.suppress(Exception):  # a metrics hook must not stop generation
                 self.on_step(self.active, self.queued)
+
+    def _account(self, phase: str, since: float) -> float:
+        """Add the time since ``since`` to ``phase``; return now."""
+        now = time.perf_counter()
+        self._seconds[phase] += now - since
+        return now
 
     def _deliver(self, outbox: Outbox, flush: bool = False) -> None:
         """Hand each loop its sequences' items. A loop is woken once for whatever piles up
@@ -467,13 +499,33 @@ class Engine:
         self._rows, self._rejoining, self._batch = [], [], batch_for(self.model)
         self._deliver(outbox)
 
+    def _read(self, group: list[_Slot], outbox: Outbox) -> list[tuple[_Slot, torch.Tensor]]:
+        """Read the group's windows together (one alone: :meth:`_read_window`) and join their
+        states to the batch; each slot with its next-token logits [1, I]. If the group's
+        read fails, each window is read alone, so that only a failing one fails."""
+        if len(group) > 1:
+            windows = [slot.history[slot.start :] for slot in group]
+            try:
+                logits = self._batch.read(windows)
+            except Exception:  # read alone below, where the failing window is told why
+                pass
+            else:
+                self._read_tokens += sum(len(w) for w in windows)
+                return [(slot, logits[i : i + 1]) for i, slot in enumerate(group)]
+        read = []
+        for slot in group:
+            try:
+                read.append((slot, self._read_window(slot)))
+            except Exception as exc:
+                self._fail(slot, exc, outbox)
+        return read
+
     def _read_window(self, slot: _Slot) -> torch.Tensor:
         """Read a new sequence's (cropped) prompt, or a slid window, alone; join its state to
         the batch; return its next-token logits [1, I] (float32). A new sequence that asks
         for them gets its prompt logprobs here."""
-        if slot.generated == 0:
-            slot.start = prompt_window(len(slot.history), self.model.max_context)
         window = torch.tensor(slot.history[slot.start :], device=self._device)[None]
+        self._read_tokens += window.shape[1]
         logits, state = self.model(window)
         logits = logits[0].float()
         if slot.generated == 0 and slot.seq.request.prompt_logprobs:
@@ -622,6 +674,43 @@ class Engine:
         self._finish(seq, "error")
         error = exc if isinstance(exc, LmforgeError) else LmforgeError(f"model step failed: {exc}")
         outbox.setdefault(seq._loop, []).append((seq, [error]))
+
+
+PADDING_SLACK = 1.25  # a group of windows read together computes at most this many pad tokens
+
+
+def read_groups(slots: list[_Slot]) -> list[list[_Slot]]:
+    """The windows to read, in groups read together (:func:`similar_lengths`); a sequence
+    that wants its prompt's logprobs, or no new tokens, reads alone."""
+    alone = [[s] for s in slots if _reads_alone(s)]
+    rest = [s for s in slots if not _reads_alone(s)]
+    groups = similar_lengths([len(s.history) - s.start for s in rest])
+    return alone + [[rest[i] for i in group] for group in groups]
+
+
+def similar_lengths(lengths: list[int]) -> list[list[int]]:
+    """Indices of ``lengths`` in groups of similar lengths, shortest first: padding a group
+    to its longest adds at most a quarter (:data:`PADDING_SLACK`) to its tokens.
+
+    >>> similar_lengths([96, 3, 40, 96, 4, 45, 3])
+    [[1, 6, 4], [2, 5], [0, 3]]
+    """
+    groups: list[list[int]] = []
+    tokens = 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        length = lengths[i]
+        if groups and length * (len(groups[-1]) + 1) <= PADDING_SLACK * (tokens + length):
+            groups[-1].append(i)
+            tokens += length
+        else:
+            groups.append([i])
+            tokens = length
+    return groups
+
+
+def _reads_alone(slot: _Slot) -> bool:
+    first = slot.generated == 0
+    return slot.config.max_new_tokens == 0 or (first and slot.seq.request.prompt_logprobs)
 
 
 def _sampling_groups(rows: list[_Slot]) -> list[list[int]]:

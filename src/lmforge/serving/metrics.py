@@ -9,6 +9,9 @@ process, as in the tests, do not share or clash).
     lmforge_active_sequences{model}                  gauge: sequences in the engine's batch
     lmforge_queued_sequences{model}                  gauge: sequences waiting for a slot
     lmforge_engine_steps_total{model}                decode steps run by the engine
+    lmforge_engine_seconds_total{model, phase}       engine time reading prompts and slid
+                                                     windows, decoding, sampling
+    lmforge_engine_read_tokens_total{model}          tokens read by prompt and window reads
 
 The gauges and the step counter are read from the engines when scraped.
 """
@@ -81,10 +84,21 @@ class _EngineCollector(Collector):
         steps = CounterMetricFamily(
             "lmforge_engine_steps", "Decode steps run by the engine", labels=["model"]
         )
+        seconds = CounterMetricFamily(
+            "lmforge_engine_seconds",
+            "Engine seconds by phase: read (prompts and slid windows), decode, sample",
+            labels=["model", "phase"],
+        )
+        read_tokens = CounterMetricFamily(
+            "lmforge_engine_read_tokens",
+            "Tokens read by prompt and window reads (a slid window's again at each re-read)",
+            labels=["model"],
+        )
         for name, engine in self.engines.items():
             active.add_metric([name], engine.active)
             queued.add_metric([name], engine.queued)
             steps.add_metric([name], engine.steps)
-        yield active
-        yield queued
-        yield steps
+            for phase, value in engine.seconds.items():
+                seconds.add_metric([name, phase], value)
+            read_tokens.add_metric([name], engine.read_tokens)
+        yield from (active, queued, steps, seconds, read_tokens)
