@@ -68,6 +68,7 @@ from lmforge.generation import SampleConfig, generate_ids, prompt_ids
 from lmforge.runs import load_run
 from lmforge.serving.engine import Engine, Request, Sequence, TokenInfo
 from lmforge.serving.server import engine_threads
+from lmforge.serving.threads import candidate_threads, fastest_threads, machine_cores
 
 TRAIN = {
     "tiny": ["--model", "transformer", "--preset", "tiny"],
@@ -222,7 +223,9 @@ def measured_level(
     return merged_rounds(rounds)
 
 
-def warm_up(port: int, model_id: str, model: Any, ids: list[int], threads: int) -> None:
+def warm_up(
+    port: int, model_id: str, model: Any, ids: list[int], threads: tuple[int, int | None]
+) -> None:
     """One short completion through the server and one short run of each in-process peer,
     not measured: a model's first steps pay one-off costs (on a GPU, CUDA's and cuDNN's
     initialisation: hundreds of milliseconds) that no level should carry."""
@@ -267,9 +270,12 @@ def sample_round(model: Any, ids: list[int], tokens: int, threads: int) -> tuple
         return tokens / (time.perf_counter() - started), 1000 * (time.process_time() - cpu) / tokens
 
 
-def engine_rate(model: Any, prompts: list[list[int]], tokens: int, threads: int) -> EngineRound:
+def engine_rate(
+    model: Any, prompts: list[list[int]], tokens: int, threads: tuple[int, int | None]
+) -> EngineRound:
     """Generated tokens/s of the serving engine alone, in this process (no HTTP): every prompt
-    submitted at once, as the clients of a level are; with the engine's time by phase and the
+    submitted at once, as the clients of a level are, on ``threads`` (for batched steps, and
+    for steps with one sequence: None, the same); with the engine's time by phase and the
     tokens it read (prompts and slid windows)."""
 
     async def one(engine: Engine, i: int, prompt: list[int]) -> int:
@@ -278,7 +284,9 @@ def engine_rate(model: Any, prompts: list[list[int]], tokens: int, threads: int)
         return sum([len(batch) async for batch in _batches(seq)])
 
     async def level() -> EngineRound:
-        engine = Engine(model, max_batch=len(prompts), max_queue=len(prompts))
+        engine = Engine(
+            model, max_batch=len(prompts), max_queue=len(prompts), threads_alone=threads[1]
+        )
         engine.start()
         try:
             started = time.perf_counter()
@@ -288,8 +296,18 @@ def engine_rate(model: Any, prompts: list[list[int]], tokens: int, threads: int)
             await asyncio.to_thread(engine.stop)
         return EngineRound(rate, sum(counts), engine.seconds, engine.read_tokens)
 
-    with torch_threads(threads):
+    with torch_threads(threads[0]):
         return asyncio.run(level())
+
+
+def serve_threads(model: Any, server_threads: int | None) -> tuple[int, int | None]:
+    """The torch threads ``lmforge serve`` gives an engine of ``model``: for batched steps,
+    and for steps with one sequence (timed as serve times them; None: the same)."""
+    batched = server_threads or engine_threads()
+    if server_threads is not None or next(model.parameters()).device.type != "cpu":
+        return batched, None
+    with torch_threads(batched):
+        return batched, fastest_threads(model, candidate_threads(machine_cores(), batched))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,14 +320,17 @@ class EngineRound:
     seconds: dict[str, float]
     read_tokens: int
 
-    def phases_row(self, name: str, sequences: int, alone_rate: float) -> str:
+    def phases_row(
+        self, name: str, sequences: int, alone_rate: float, threads: tuple[int, int | None]
+    ) -> str:
         """A row of the phase table: where the engine's time went, and the rate the level
         could not pass even if decoding and sampling cost nothing (its reads alone)."""
         read, decode, sample = (self.seconds[p] for p in ("read", "decode", "sample"))
         bound = self.generated / read if read > 0 else math.inf
         return (
             f"| {name} | {sequences} | {self.rate:.0f} | {read:.2f} ({self.read_tokens:,}) "
-            f"| {decode:.2f} | {sample:.2f} | {bound:,.0f} ({bound / alone_rate:.1f}×) |"
+            f"| {decode:.2f} | {sample:.2f} | {bound:,.0f} ({bound / alone_rate:.1f}×) "
+            f"| {threads[0]} / {threads[1] or threads[0]} |"
         )
 
 
@@ -346,7 +367,7 @@ def single_level(
     prompts: list[str],
     tokens: int,
     repeats: int,
-    threads_alone: int,
+    serving: tuple[int, int | None],
     tokenizer: Any,
 ) -> tuple[dict, dict[str, Any]]:
     """The fewest-clients level and its peers, a round of each in turn (so that a machine
@@ -359,7 +380,7 @@ def single_level(
     samples: dict[int, list[tuple[float, float]]] = {t: [] for t in peer_threads()}
     for _ in range(repeats):
         rounds.append(measured_level(server, port, model_id, prompts, tokens, 1))
-        engine.append(engine_rate(model, ids, tokens, threads_alone))
+        engine.append(engine_rate(model, ids, tokens, serving))
         for threads, values in samples.items():
             values.append(sample_round(model, ids[0], tokens, threads))
     peers: dict[str, Any] = {"engine": median_round(engine)}
@@ -391,10 +412,12 @@ def main() -> None:
         port = free_port()
         server = start_server(runs, port, max(args.clients), args.server_threads, args.device)
         try:
-            threads = args.server_threads or "serve's default (cores - 1, at least 1)"
+            told = args.server_threads or (
+                "serve's default (cores - 1, at least 1; with one sequence, the fastest timed)"
+            )
             print(
                 f"machine: {os.cpu_count()} CPUs; device {device_name(args.device)}; "
-                f"{args.tokens} new tokens per client; server threads: {threads}\n"
+                f"{args.tokens} new tokens per client; server threads: {told}\n"
             )
             print(
                 "| model | clients | tok/s | vs 1 | TTFT p50/p99 ms | chunk gap p50/p99 ms "
@@ -406,10 +429,8 @@ def main() -> None:
             for run in runs:
                 name = run.resolve().name
                 loaded = load_run(run, device=args.device)
-                threads_alone = args.server_threads or engine_threads()
-                warm_up(
-                    port, name, loaded.model, prompt_ids(loaded.tokenizer, "ROMEO:"), threads_alone
-                )
+                threads = serve_threads(loaded.model, args.server_threads)
+                warm_up(port, name, loaded.model, prompt_ids(loaded.tokenizer, "ROMEO:"), threads)
                 single = None
                 for clients in args.clients:
                     prompts = mixed_prompts(text, clients, seed=clients)
@@ -422,7 +443,7 @@ def main() -> None:
                             prompts,
                             args.tokens,
                             args.repeats,
-                            threads_alone,
+                            threads,
                             loaded.tokenizer,
                         )
                         single = level
@@ -443,7 +464,7 @@ def main() -> None:
                 most = mixed_prompts(text, max(args.clients), seed=max(args.clients))
                 most_ids = [prompt_ids(loaded.tokenizer, p) for p in most]
                 rounds = [
-                    engine_rate(loaded.model, most_ids, args.tokens, threads_alone)
+                    engine_rate(loaded.model, most_ids, args.tokens, threads)
                     for _ in range(args.repeats)
                 ]
                 alone = {min(args.clients): peers["engine"]}
@@ -455,7 +476,7 @@ def main() -> None:
                         f"| {engine_round.rate / one_rate:.1f}× | | | | | |",
                         flush=True,
                     )
-                    phases.append(engine_round.phases_row(name, clients, one_rate))
+                    phases.append(engine_round.phases_row(name, clients, one_rate, threads))
                 for threads in peer_threads():
                     rate, cpu_ms = peers[f"sample {threads}"]
                     print(
@@ -469,7 +490,8 @@ def main() -> None:
                 "\nThe engine alone (median round), its seconds by phase; reads-only bound: "
                 "generated tokens / read seconds (× the engine alone's 1-sequence rate)\n\n"
                 "| model | sequences | tok/s | read s (tokens read) | decode s | sample s "
-                "| reads-only bound tok/s |\n|---|---|---|---|---|---|---|"
+                "| reads-only bound tok/s | threads: batched / one sequence |\n"
+                "|---|---|---|---|---|---|---|---|"
             )
             print("\n".join(phases), flush=True)
         finally:

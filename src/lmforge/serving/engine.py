@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import logging
 import math
 import threading
 import time
@@ -57,9 +58,11 @@ from lmforge.generation import (
     slide_window,
 )
 from lmforge.models.base import LanguageModel
+from lmforge.serving import threads
 from lmforge.serving.batching import Batch, batch_for
 
 T = TypeVar("T")
+log = logging.getLogger("lmforge.serve")
 _END = object()  # the end of a sequence's token stream
 PHASES = ("read", "decode", "sample")  # where the engine thread's time goes (Engine.seconds)
 _ids = itertools.count(1)
@@ -232,7 +235,10 @@ class Engine:
         max_queue: int = 256,
         name: str = "",
         delivery_interval: float = 0.01,
+        threads_alone: int | str | None = None,
     ) -> None:
+        if not (threads_alone in (None, "auto") or isinstance(threads_alone, int)):
+            raise LmforgeError(f"threads_alone must be a count, 'auto' or None: {threads_alone!r}")
         if max_batch < 1 or max_queue < 0:
             raise LmforgeError(
                 f"max_batch must be at least 1 and max_queue 0 or more, got {max_batch} and "
@@ -243,6 +249,11 @@ class Engine:
         self.max_queue = max_queue
         self.name = name
         self.delivery_interval = delivery_interval
+        self.threads_alone = threads_alone
+        # torch's thread count is per thread, and a new thread starts from the count last set
+        # anywhere: the batched steps take the count of the thread that made the engine
+        self._batched_threads = torch.get_num_threads()
+        self._threads: tuple[int, int] | None = None  # (batched, alone), set by the thread
         self.on_step: Callable[[int, int], None] | None = None
         self._device = _model_device(model)
         self._vocab_size = int(model.config.vocab_size)
@@ -370,6 +381,7 @@ class Engine:
 
     def _run(self) -> None:
         with torch.inference_mode():
+            self._threads = self._thread_counts()
             while True:
                 with self._cond:
                     while (
@@ -413,6 +425,7 @@ class Engine:
         drop finished rows."""
         outbox: Outbox = {}
         self._drop_cancelled(outbox)
+        self._use_threads()
         parts: list[torch.Tensor] = []
         clock = time.perf_counter()
         if self._rows:
@@ -449,6 +462,36 @@ class Engine:
         if self.on_step is not None:
             with contextlib.suppress(Exception):  # a metrics hook must not stop generation
                 self.on_step(self.active, self.queued)
+
+    def _thread_counts(self) -> tuple[int, int]:
+        """Torch threads for batched steps (the count where the engine was made) and for steps
+        with one sequence (:attr:`threads_alone`: a count, ``"auto"``: the fastest on a CPU,
+        timed now by :func:`threads.fastest_threads`, None: the batched count)."""
+        batched = self._batched_threads
+        alone = self.threads_alone
+        if alone == "auto":
+            alone = batched
+            if self._device.type == "cpu":
+                candidates = threads.candidate_threads(threads.machine_cores(), batched)
+                with contextlib.suppress(Exception):  # a failed timing must not stop the engine
+                    alone = threads.fastest_threads(self.model, candidates)
+                log.info(
+                    "model %s: %d torch thread(s) for batched steps, %d for one sequence",
+                    self.name,
+                    batched,
+                    alone,
+                )
+        torch.set_num_threads(batched)
+        return batched, int(alone or batched)
+
+    def _use_threads(self) -> None:
+        """One sequence to step (and none waiting): the threads for one; else the batched."""
+        if self._threads is None:
+            return
+        batched, alone = self._threads
+        count = alone if self.active + len(self._waiting) <= 1 else batched
+        if count != torch.get_num_threads():
+            torch.set_num_threads(count)
 
     def _account(self, phase: str, since: float) -> float:
         """Add the time since ``since`` to ``phase``; return now."""

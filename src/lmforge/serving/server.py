@@ -84,7 +84,8 @@ def serve(
     threads: int | None = None,
 ) -> int:
     """Serve ``runs`` until Ctrl-C or SIGTERM; returns the exit code 0. ``threads``: torch's
-    intra-op threads for the engines (None: :func:`engine_threads`)."""
+    intra-op threads for the engines (None: :func:`engine_threads`, and while an engine has
+    one sequence, the count it finds fastest for it: :mod:`lmforge.serving.threads`)."""
     from lmforge.runs import load_run
     from lmforge.serving.app import ServedModel, Settings, create_app
     from lmforge.serving.engine import Engine
@@ -107,7 +108,13 @@ def serve(
     served = []
     for name, run_dir in zip(names, runs, strict=True):
         run = load_run(run_dir, checkpoint=checkpoint, device=device)
-        engine = Engine(run.model, max_batch=max_batch, max_queue=max_queue, name=name)
+        engine = Engine(
+            run.model,
+            max_batch=max_batch,
+            max_queue=max_queue,
+            name=name,
+            threads_alone=None if threads else "auto",
+        )
         served.append(ServedModel(name, run.model, run.tokenizer, engine))
     settings = Settings(
         api_key=api_key,
