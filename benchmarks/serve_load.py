@@ -15,6 +15,8 @@ prompts of mixed lengths cut from the corpus) and reports:
 * the server process's CPU time per generated token (user + system, all its threads; Linux):
   on a machine shared with other jobs, wall-clock rates swing with the load while CPU time per
   token barely moves, so it is the figure to compare there,
+* the cores the server process and the clients (this process) kept busy: CPU seconds over
+  the level's wall time (a server whose threads take turns at Python's GIL stays near 1),
 
 each the median over ``--repeats`` rounds of the level (errors: the total), after one short
 unmeasured request to each model and one short unmeasured run of each peer (warm-up),
@@ -68,7 +70,6 @@ from lmforge.generation import SampleConfig, generate_ids, prompt_ids
 from lmforge.runs import load_run
 from lmforge.serving.engine import Engine, Request, Sequence, TokenInfo
 from lmforge.serving.server import engine_threads
-from lmforge.serving.threads import candidate_threads, fastest_threads, machine_cores
 
 TRAIN = {
     "tiny": ["--model", "transformer", "--preset", "tiny"],
@@ -187,11 +188,12 @@ async def load_level(port: int, model: str, prompts: list[str], tokens: int) -> 
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits
     ) as client:
-        started = time.perf_counter()
+        started, client_cpu = time.perf_counter(), time.process_time()
         results = await asyncio.gather(
             *(one_client(client, model, p, tokens, seed=i) for i, p in enumerate(prompts))
         )
         wall = time.perf_counter() - started
+        client_cpu = time.process_time() - client_cpu
     good = [r for r in results if "error" not in r]
     errors = [r["error"] for r in results if "error" in r]
     ttfts = [r["ttft"] for r in good]
@@ -206,6 +208,8 @@ async def load_level(port: int, model: str, prompts: list[str], tokens: int) -> 
         "per_chunk": sum(r["tokens"] for r in good) / max(1, sum(r["chunks"] for r in good)),
         "errors": len(errors),
         "first_error": errors[0] if errors else "",
+        "wall": wall,
+        "client_cores": client_cpu / wall,
     }
 
 
@@ -218,7 +222,9 @@ def measured_level(
     for _ in range(repeats):
         cpu = cpu_seconds(server.pid)
         level = asyncio.run(load_level(port, model, prompts, tokens))
-        level["cpu_ms"] = 1000 * (cpu_seconds(server.pid) - cpu) / (len(prompts) * tokens)
+        cpu = cpu_seconds(server.pid) - cpu
+        level["cpu_ms"] = 1000 * cpu / (len(prompts) * tokens)
+        level["server_cores"] = cpu / level["wall"]
         rounds.append(level)
     return merged_rounds(rounds)
 
@@ -243,7 +249,17 @@ def merged_rounds(rounds: list[dict]) -> dict:
     return merged
 
 
-FIGURES = ("tokens_per_s", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "per_chunk", "cpu_ms")
+FIGURES = (
+    "tokens_per_s",
+    "ttft_p50",
+    "ttft_p99",
+    "itl_p50",
+    "itl_p99",
+    "per_chunk",
+    "cpu_ms",
+    "server_cores",
+    "client_cores",
+)
 
 
 @contextlib.contextmanager
@@ -302,12 +318,26 @@ def engine_rate(
 
 def serve_threads(model: Any, server_threads: int | None) -> tuple[int, int | None]:
     """The torch threads ``lmforge serve`` gives an engine of ``model``: for batched steps,
-    and for steps with one sequence (timed as serve times them; None: the same)."""
+    and for steps with one sequence (None: the same), learnt as serve learns it (a
+    ``ThreadTrial`` over the first one-sequence steps of an engine here)."""
     batched = server_threads or engine_threads()
-    if server_threads is not None or next(model.parameters()).device.type != "cpu":
+    if server_threads is not None:
         return batched, None
+
+    async def trial() -> tuple[int, int] | None:
+        engine = Engine(model, threads_alone="auto")
+        engine.start()
+        try:
+            seq = engine.submit(Request([0], SampleConfig(max_new_tokens=96), logprobs=False))
+            async for _ in _batches(seq):
+                pass
+            return engine.threads
+        finally:
+            await asyncio.to_thread(engine.stop)
+
     with torch_threads(batched):
-        return batched, fastest_threads(model, candidate_threads(machine_cores(), batched))
+        learnt = asyncio.run(trial())
+    return batched, None if learnt is None else learnt[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -422,9 +452,9 @@ def main() -> None:
             print(
                 "| model | clients | tok/s | vs 1 | TTFT p50/p99 ms | chunk gap p50/p99 ms "
                 "| tokens/chunk "
-                "| CPU ms/token | errors |"
+                "| CPU ms/token | cores: server / clients | errors |"
             )
-            print("|---|---|---|---|---|---|---|---|---|")
+            print("|---|---|---|---|---|---|---|---|---|---|")
             phases: list[str] = []
             for run in runs:
                 name = run.resolve().name
@@ -458,6 +488,7 @@ def main() -> None:
                         f"| {1000 * level['itl_p50']:.1f} / {1000 * level['itl_p99']:.1f} "
                         f"| {level['per_chunk']:.1f} "
                         f"| {level['cpu_ms']:.2f} "
+                        f"| {level['server_cores']:.2f} / {level['client_cores']:.2f} "
                         f"| {level['errors']} {level['first_error']} |",
                         flush=True,
                     )
@@ -473,7 +504,7 @@ def main() -> None:
                 for clients, engine_round in alone.items():
                     print(
                         f"| {name} | engine alone (no HTTP), {clients} | {engine_round.rate:.0f} "
-                        f"| {engine_round.rate / one_rate:.1f}× | | | | | |",
+                        f"| {engine_round.rate / one_rate:.1f}× | | | | | | |",
                         flush=True,
                     )
                     phases.append(engine_round.phases_row(name, clients, one_rate, threads))
@@ -483,7 +514,7 @@ def main() -> None:
                         f"| {name} | `sample` loop, {threads} thread(s) | {rate:.0f} "
                         f"| 1 client / sample: {single['tokens_per_s'] / rate:.2f}× | | | "
                         f"| {cpu_ms:.2f} (1 client / sample: {single['cpu_ms'] / cpu_ms:.2f}×) "
-                        "| |",
+                        "| | |",
                         flush=True,
                     )
             print(

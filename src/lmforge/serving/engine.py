@@ -39,6 +39,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import statistics
 import threading
 import time
 import weakref
@@ -254,6 +255,7 @@ class Engine:
         # anywhere: the batched steps take the count of the thread that made the engine
         self._batched_threads = torch.get_num_threads()
         self._threads: tuple[int, int] | None = None  # (batched, alone), set by the thread
+        self._trial: threads.ThreadTrial | None = None
         self.on_step: Callable[[int, int], None] | None = None
         self._device = _model_device(model)
         self._vocab_size = int(model.config.vocab_size)
@@ -302,6 +304,13 @@ class Engine:
         phase's kernels may still run in the next one: the host waits for them when it reads
         the tokens back.)"""
         return dict(self._seconds)
+
+    @property
+    def threads(self) -> tuple[int, int] | None:
+        """Torch threads for batched steps and for one-sequence steps, once the engine thread
+        has started (with ``threads_alone="auto"`` the second is the batched count until its
+        trial has chosen)."""
+        return self._threads
 
     @property
     def read_tokens(self) -> int:
@@ -381,7 +390,7 @@ class Engine:
 
     def _run(self) -> None:
         with torch.inference_mode():
-            self._threads = self._thread_counts()
+            self._start_threads()
             while True:
                 with self._cond:
                     while (
@@ -425,9 +434,9 @@ class Engine:
         drop finished rows."""
         outbox: Outbox = {}
         self._drop_cancelled(outbox)
-        self._use_threads()
+        trial_count = self._use_threads()
         parts: list[torch.Tensor] = []
-        clock = time.perf_counter()
+        clock = started = time.perf_counter()
         if self._rows:
             tokens = torch.tensor([s.history[-1] for s in self._rows], device=self._device)
             try:
@@ -459,39 +468,58 @@ class Engine:
         self._steps += 1
         self._deliver(outbox, flush=not (self._rows or self._rejoining))
         self._account("sample", clock)
+        if trial_count is not None:
+            self._end_trial_step(trial_count, time.perf_counter() - started)
         if self.on_step is not None:
             with contextlib.suppress(Exception):  # a metrics hook must not stop generation
                 self.on_step(self.active, self.queued)
 
-    def _thread_counts(self) -> tuple[int, int]:
-        """Torch threads for batched steps (the count where the engine was made) and for steps
-        with one sequence (:attr:`threads_alone`: a count, ``"auto"``: the fastest on a CPU,
-        timed now by :func:`threads.fastest_threads`, None: the batched count)."""
+    def _start_threads(self) -> None:
+        """On the engine thread: torch's thread count for batched steps (the count of the
+        thread that made the engine), and how one-sequence steps get theirs
+        (:attr:`threads_alone`: a count; ``"auto"``: learnt in service by a
+        :class:`threads.ThreadTrial` on a CPU, else the batched count; None: the batched)."""
         batched = self._batched_threads
         alone = self.threads_alone
-        if alone == "auto":
-            alone = batched
-            if self._device.type == "cpu":
-                candidates = threads.candidate_threads(threads.machine_cores(), batched)
-                with contextlib.suppress(Exception):  # a failed timing must not stop the engine
-                    alone = threads.fastest_threads(self.model, candidates)
-                log.info(
-                    "model %s: %d torch thread(s) for batched steps, %d for one sequence",
-                    self.name,
-                    batched,
-                    alone,
-                )
+        if alone == "auto" and self._device.type == "cpu":
+            candidates = threads.candidate_threads(threads.machine_cores(), batched)
+            self._trial = threads.ThreadTrial(candidates)
+            alone = None
+        self._threads = (batched, int(alone or batched))
         torch.set_num_threads(batched)
-        return batched, int(alone or batched)
 
-    def _use_threads(self) -> None:
-        """One sequence to step (and none waiting): the threads for one; else the batched."""
+    def _use_threads(self) -> int | None:
+        """Set this step's torch threads: the batched count, or with one sequence to step
+        (and none waiting) the one-sequence count (the trial's while it runs). Returns the
+        count when the step is a trial step, one sequence decoding on its own, else None."""
         if self._threads is None:
-            return
+            return None
         batched, alone = self._threads
-        count = alone if self.active + len(self._waiting) <= 1 else batched
+        single = self.active + len(self._waiting) <= 1
+        trial = self._trial if single and self._trial is not None else None
+        timed = trial is not None and trial.chosen is None and len(self._rows) == 1
+        count = (trial.count() if trial is not None else alone) if single else batched
         if count != torch.get_num_threads():
             torch.set_num_threads(count)
+        return count if timed else None
+
+    def _end_trial_step(self, count: int, seconds: float) -> None:
+        """Give the trial a timed one-sequence step; log its choice when it makes one."""
+        assert self._trial is not None and self._threads is not None
+        chosen = self._trial.record(count, seconds)
+        if chosen is not None:
+            self._threads = (self._threads[0], chosen)
+            log.info(
+                "model %s: %d torch thread(s) for batched steps, %d for one sequence "
+                "(timed on its first ones: %s ms a step)",
+                self.name,
+                self._threads[0],
+                chosen,
+                ", ".join(
+                    f"{c} thread(s) {1000 * statistics.median(t):.2f}"
+                    for c, t in self._trial.seconds.items()
+                ),
+            )
 
     def _account(self, phase: str, since: float) -> float:
         """Add the time since ``since`` to ``phase``; return now."""

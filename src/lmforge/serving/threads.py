@@ -2,32 +2,34 @@
 
 ``lmforge serve`` runs its engines on one core fewer than the machine has (the event loop needs
 one for HTTP while many sequences stream). While a single sequence streams, the loop is nearly
-idle, and whether a step gains from more threads depends on the model: a one-token step of the
-2 × 512 LSTM runs 1.5–1.8× faster on 2 threads than on 1, one of the 192-wide ``tiny``
-Transformer runs slower (its small operations wait for each other's threads). So the engine
-times the model's own one-token step on each candidate count when it starts
-(:func:`fastest_threads`), and uses the fastest while it has one sequence.
+idle, and whether a step gains from more threads depends on the model and the machine: on 2
+cores a one-token step of the 2 × 512 LSTM runs 1.3–1.8× faster on 2 threads than on 1, one of
+the 192-wide ``tiny`` Transformer gains nothing (its small operations wait for each other's
+threads); on 16 cores ``tiny`` is several times faster on 1 thread than on 15. Timing the
+model alone at start-up misjudges this (start-up work shares the cores, and alone there is no
+event loop), so the engine times its own one-sequence steps in service: a :class:`ThreadTrial`
+gives the first ones each candidate count in turn, then keeps the fastest.
 
->>> threads_alone = fastest_threads(model, candidate_threads(cores=2, batched=1))  # 1 or 2
+>>> trial = ThreadTrial([1, 2])
+>>> while trial.chosen is None:
+...     count = trial.count()
+...     trial.record(count, 4e-3 if count == 1 else 2e-3)
+>>> trial.chosen
+2
 """
 
 from __future__ import annotations
 
 import os
 import statistics
-import threading
-import time
 
-import torch
-
-from lmforge.models.base import LanguageModel
-
-GAIN = 1.1  # more threads must make a step at least this much faster to be chosen
-_timing = threading.Lock()  # engines started together time their models one after the other
+# more threads must make a step at least this much faster to be chosen (noise never buys
+# threads that do not pay)
+GAIN = 1.2
 
 
 def candidate_threads(cores: int, batched: int) -> list[int]:
-    """The thread counts worth timing: 1, 2, 4, … up to ``cores``, the cores themselves, and
+    """The thread counts worth trying: 1, 2, 4, … up to ``cores``, the cores themselves, and
     the count the batched steps use.
 
     >>> candidate_threads(2, 1), candidate_threads(16, 15), candidate_threads(6, 5)
@@ -51,10 +53,9 @@ def machine_cores() -> int:
 
 def choose_threads(seconds: dict[int, float]) -> int:
     """The thread count of the fastest step (``seconds``: per step, by thread count), where
-    each count above the fewest must beat the best so far by :data:`GAIN`: timing noise never
-    buys threads that do not pay.
+    each count above the fewest must beat the best so far by :data:`GAIN`.
 
-    >>> choose_threads({1: 4.0e-3, 2: 2.2e-3}), choose_threads({1: 1.3e-3, 2: 1.25e-3})
+    >>> choose_threads({1: 4.0e-3, 2: 2.2e-3}), choose_threads({1: 1.3e-3, 2: 1.2e-3})
     (2, 1)
     """
     best = min(seconds)
@@ -64,41 +65,39 @@ def choose_threads(seconds: dict[int, float]) -> int:
     return best
 
 
-@torch.inference_mode()
-def fastest_threads(
-    model: LanguageModel, candidates: list[int], steps: int = 6, rounds: int = 3
-) -> int:
-    """Of ``candidates``, the thread count whose one-token step of ``model`` (one sequence,
-    after a one-token prompt) is fastest, by :func:`choose_threads` over the median of
-    ``rounds`` rounds of ``steps`` steps, the counts taken in turn (one model at a time in
-    this process). Leaves this thread's torch thread count (it is per thread) at the chosen
-    one."""
-    if len(candidates) == 1:
-        torch.set_num_threads(candidates[0])
-        return candidates[0]
-    with _timing:
-        chosen = choose_threads(_step_seconds(model, candidates, steps, rounds))
-    torch.set_num_threads(chosen)
-    return chosen
+class ThreadTrial:
+    """Which thread count suits one-sequence steps, learnt from the first ones: candidates
+    take turns in blocks of :attr:`BLOCK` steps until each has :attr:`STEPS` timed steps
+    (the first step after a switch is not timed); then :func:`choose_threads` over the
+    medians decides, for good."""
 
+    BLOCK = 4
+    STEPS = 12
 
-def _step_seconds(
-    model: LanguageModel, candidates: list[int], steps: int, rounds: int
-) -> dict[int, float]:
-    """The median seconds of a one-token step of ``model`` on each thread count."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    token = torch.zeros(1, 1, dtype=torch.long, device=device)
-    context = model.max_context
-    steps = steps if context is None else max(1, min(steps, context - 1))
-    model(token, model(token)[1])  # first use: allocations, a Transformer's head copy
-    timings: dict[int, list[float]] = {count: [] for count in candidates}
-    for _ in range(rounds):
-        for count in candidates:
-            torch.set_num_threads(count)
-            _, state = model(token)
-            started = time.perf_counter()
-            for _ in range(steps):
-                logits, state = model(token, state)
-            logits.sum().item()  # waits for the steps (a GPU's, say)
-            timings[count].append((time.perf_counter() - started) / steps)
-    return {count: statistics.median(t) for count, t in timings.items()}
+    def __init__(self, candidates: list[int]) -> None:
+        self.candidates = sorted(set(candidates))
+        self.seconds: dict[int, list[float]] = {count: [] for count in self.candidates}
+        self.chosen: int | None = self.candidates[0] if len(self.candidates) == 1 else None
+        self._steps = 0
+        self._last: int | None = None
+
+    def count(self) -> int:
+        """The thread count for the next one-sequence step."""
+        if self.chosen is not None:
+            return self.chosen
+        return self.candidates[(self._steps // self.BLOCK) % len(self.candidates)]
+
+    def record(self, count: int, seconds: float) -> int | None:
+        """Note that a one-sequence step on ``count`` threads took ``seconds``; the chosen
+        count when this step ends the trial, else None."""
+        if self.chosen is not None:
+            return None
+        self._steps += 1
+        switched, self._last = count != self._last, count
+        if not switched:
+            self.seconds[count].append(seconds)
+        if all(len(times) >= self.STEPS for times in self.seconds.values()):
+            medians = {c: statistics.median(times) for c, times in self.seconds.items()}
+            self.chosen = choose_threads(medians)
+            return self.chosen
+        return None
