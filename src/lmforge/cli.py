@@ -655,7 +655,7 @@ def _add_serve_parser(sub: Any) -> None:
         type=int,
         default=None,
         help="torch threads for generation (default: one fewer than the cores, at least 1: "
-        "the HTTP side keeps a core; with one sequence, the count timed fastest at start)",
+        "the HTTP side keeps a core; with one sequence, the count its first steps find fastest)",
     )
     _add_run_options(p)
     p.set_defaults(func=cmd_serve)

@@ -85,7 +85,8 @@ def serve(
 ) -> int:
     """Serve ``runs`` until Ctrl-C or SIGTERM; returns the exit code 0. ``threads``: torch's
     intra-op threads for the engines (None: :func:`engine_threads`, and while an engine has
-    one sequence, the count it finds fastest for it: :mod:`lmforge.serving.threads`)."""
+    one sequence, the count its first one-sequence steps find fastest:
+    :mod:`lmforge.serving.threads`)."""
     from lmforge.runs import load_run
     from lmforge.serving.app import ServedModel, Settings, create_app
     from lmforge.serving.engine import Engine

@@ -13,9 +13,9 @@ gives the first ones each candidate count in turn, then keeps the fastest.
 >>> trial = ThreadTrial([1, 2])
 >>> while trial.chosen is None:
 ...     count = trial.count()
-...     trial.record(count, 4e-3 if count == 1 else 2e-3)
->>> trial.chosen
-2
+...     chosen = trial.record(count, 4e-3 if count == 1 else 2e-3)
+>>> chosen, trial.chosen
+(2, 2)
 """
 
 from __future__ import annotations
