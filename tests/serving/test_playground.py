@@ -255,7 +255,18 @@ def _showcase(driver: object, url: str, path: Path) -> None:
     _wait(driver, lambda d: d.find_element(By.ID, "model").get_attribute("value"))
     _fill(driver, "seed", "1")
     driver.find_element(By.ID, "generate").click()
-    _wait(driver, lambda d: d.find_element(By.ID, "gen-stats").text, timeout=120)
+
+    def finished(d: object) -> str:
+        return d.find_element(By.ID, "gen-stats").text or d.find_element(By.ID, "gen-error").text
+
+    done = _wait(driver, finished, timeout=120)
+    error = driver.find_element(By.ID, "gen-error").text
+    if error:
+        pytest.fail(
+            f"the page's own prompt does not generate with this run ({error}); set "
+            "LMFORGE_PLAYGROUND_RUN to a run trained on Tiny Shakespeare for the screenshot"
+        )
+    assert done
     spans = driver.find_elements(By.CSS_SELECTOR, "#output .tok")
     probs = [math.exp(float(s.get_attribute("data-logprob"))) for s in spans]
     middling = [s for s, p in zip(spans, probs, strict=True) if 0.1 < p < 0.4]
