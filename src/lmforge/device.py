@@ -50,6 +50,17 @@ def pick_device(requested: str | None = None) -> torch.device:
     return device
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (the CPU for a model without any).
+
+    >>> model_device(torch.nn.Linear(2, 2))
+    device(type='cpu')
+    """
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
 def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` computes in bfloat16 natively (CUDA with bf16 support; CPUs with
     AVX512-BF16 or AMX), so that bfloat16 autocast makes training faster, not slower."""

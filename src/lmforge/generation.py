@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lmforge.device import model_device
 from lmforge.errors import ConfigError
 from lmforge.models.base import LanguageModel
 from lmforge.tokenizers.base import StreamDecoder, Tokenizer
@@ -136,12 +137,6 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _model_device(model: LanguageModel) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def slide_window(start: int, length: int, max_context: int | None) -> int:
     """Where the context window begins once the history has ``length`` tokens, if it began at
     ``start`` (the window is ``history[start:length]``). The one sliding policy of generation,
@@ -179,7 +174,7 @@ def generate_ids(
     finite context is full the window slides (:func:`slide_window`) and is re-read once.
     """
     config.validate()
-    device = _model_device(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=device)
@@ -409,7 +404,7 @@ def score(
     ...                                ["potato am good", "you have succeeded"])]
     ['you have succeeded', 'potato am good']
     """
-    device = _model_device(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     results = []

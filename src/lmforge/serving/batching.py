@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from lmforge.device import model_device
 from lmforge.models.base import LanguageModel
 
 
@@ -56,7 +57,9 @@ class Batch:
         """Read each window of token ids from an empty state and join its state as a new row;
         return the next-token logits after each window [k, I] (float32). Nothing joins when
         the model call fails."""
-        results = [self.model(torch.tensor(w, device=_device(self.model))[None]) for w in windows]
+        results = [
+            self.model(torch.tensor(w, device=model_device(self.model))[None]) for w in windows
+        ]
         for _, state in results:
             self.join(state)
         return torch.stack([logits[0, -1] for logits, _ in results]).float()
@@ -117,7 +120,7 @@ class RecurrentBatch(Batch):
         """Several windows in one packed call (each runs to its own length)."""
         if len(windows) == 1:
             return super().read(windows)
-        idx, lengths = padded(windows, _device(self.model))
+        idx, lengths = padded(windows, model_device(self.model))
         logits, state = self.model.forward_packed(idx, lengths)
         self.join(state)
         return logits.float()
@@ -177,7 +180,7 @@ class TransformerBatch(Batch):
         window's (the padding's keys are never attended to, and are overwritten)."""
         if len(windows) == 1:
             return super().read(windows)
-        idx, lengths = padded(windows, _device(self.model))
+        idx, lengths = padded(windows, model_device(self.model))
         hidden, cache = self.model(idx, return_hidden=True)
         last = hidden[torch.arange(len(windows), device=idx.device), lengths - 1]
         head = self.model.output_head()
@@ -253,12 +256,6 @@ def padded(windows: list[list[int]], device: torch.device) -> tuple[torch.Tensor
     rows = [w + [0] * (longest - len(w)) for w in windows]
     lengths = [len(w) for w in windows]
     return torch.tensor(rows, device=device), torch.tensor(lengths, device=device)
-
-
-def _device(model: LanguageModel) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 def batch_for(model: LanguageModel) -> Batch:

@@ -50,6 +50,7 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 
+from lmforge.device import model_device
 from lmforge.errors import LmforgeError
 from lmforge.generation import (
     SampleConfig,
@@ -257,7 +258,7 @@ class Engine:
         self._threads: tuple[int, int] | None = None  # (batched, alone), set by the thread
         self._trial: threads.ThreadTrial | None = None
         self.on_step: Callable[[int, int], None] | None = None
-        self._device = _model_device(model)
+        self._device = model_device(model)
         self._vocab_size = int(model.config.vocab_size)
         self._cond = threading.Condition()
         self._waiting: deque[Sequence] = deque()
@@ -885,12 +886,6 @@ def _set_future(future: asyncio.Future, result: Any) -> None:
 def _fail_future(future: asyncio.Future, exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
-
-
-def _model_device(model: LanguageModel) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 __all__ = ["Engine", "EngineStopped", "QueueFull", "Request", "Sequence", "TokenInfo"]
