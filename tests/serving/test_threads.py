@@ -39,19 +39,36 @@ def test_more_threads_are_chosen_only_for_a_clear_gain() -> None:
     assert threads.choose_threads({1: 1.0, 2: 1.5, 4: 2.0}) == 1
 
 
+def run_trial(trial: threads.ThreadTrial, seconds: dict[int, float]) -> tuple[list[int], int]:
+    """Steps timed ``seconds[count]`` until the trial chooses: the counts used, the choice."""
+    counts = []
+    while True:
+        counts.append(trial.count())
+        chosen = trial.record(counts[-1], seconds[counts[-1]])
+        if chosen is not None:
+            return counts, chosen
+
+
 def test_a_trial_gives_each_count_its_turn_then_keeps_the_fastest() -> None:
     trial = threads.ThreadTrial([2, 1])
-    counts = []
-    while trial.chosen is None:
-        count = trial.count()
-        counts.append(count)
-        chosen = trial.record(count, 4e-3 if count == 1 else 2.5e-3)
+    counts, chosen = run_trial(trial, {1: 4e-3, 2: 2.5e-3})
     assert counts[:9] == [1, 1, 1, 1, 2, 2, 2, 2, 1]  # blocks of 4
-    assert chosen == trial.chosen == 2 and trial.count() == 2
-    # the first step of each block (after a switch) is not timed: 3 of every 4
-    assert len(counts) == 32 and {len(t) for t in trial.seconds.values()} == {12}
-    assert trial.record(1, 1.0) is None and trial.chosen == 2  # decided for good
+    assert chosen == trial.chosen == 2 and trial.count() == 2 and trial.trials == 1
+    # every step but the first after a switch is timed, until each count has STEPS
+    switches = sum(1 for a, b in zip([None, *counts], counts, strict=False) if a != b)
+    timed = [len(t) for t in trial.seconds.values()]
+    assert sum(timed) == len(counts) - switches and min(timed) == threads.ThreadTrial.STEPS
     assert threads.ThreadTrial([4]).chosen == 4  # nothing to try
+
+
+def test_a_trial_runs_again_after_retry_steps_and_may_change_its_mind() -> None:
+    trial = threads.ThreadTrial([1, 2])
+    run_trial(trial, {1: 4e-3, 2: 2.5e-3})
+    for _ in range(threads.ThreadTrial.RETRY - 1):
+        assert trial.record(2, 2.5e-3) is None and trial.count() == 2
+    assert trial.record(2, 2.5e-3) is None and trial.chosen is None  # trying again
+    counts, chosen = run_trial(trial, {1: 1e-3, 2: 2.5e-3})
+    assert set(counts) == {1, 2} and chosen == 1 and trial.trials == 2
 
 
 def run_and_record_threads(engine_options: dict, lengths: list[int]) -> list[tuple[int, int]]:

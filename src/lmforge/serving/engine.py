@@ -491,30 +491,33 @@ class Engine:
 
     def _use_threads(self) -> int | None:
         """Set this step's torch threads: the batched count, or with one sequence to step
-        (and none waiting) the one-sequence count (the trial's while it runs). Returns the
-        count when the step is a trial step, one sequence decoding on its own, else None."""
+        (and none waiting) the one-sequence count (the trial's). Returns the count when the
+        trial should time the step (one sequence decoding on its own), else None."""
         if self._threads is None:
             return None
         batched, alone = self._threads
         single = self.active + len(self._waiting) <= 1
         trial = self._trial if single and self._trial is not None else None
-        timed = trial is not None and trial.chosen is None and len(self._rows) == 1
+        timed = trial is not None and len(self._rows) == 1
         count = (trial.count() if trial is not None else alone) if single else batched
         if count != torch.get_num_threads():
             torch.set_num_threads(count)
         return count if timed else None
 
     def _end_trial_step(self, count: int, seconds: float) -> None:
-        """Give the trial a timed one-sequence step; log its choice when it makes one."""
+        """Give the trial a one-sequence step; log its choice when it makes a new one."""
         assert self._trial is not None and self._threads is not None
         chosen = self._trial.record(count, seconds)
-        if chosen is not None:
-            self._threads = (self._threads[0], chosen)
+        if chosen is None:
+            return
+        batched, before = self._threads
+        self._threads = (batched, chosen)
+        if self._trial.trials == 1 or chosen != before:
             log.info(
                 "model %s: %d torch thread(s) for batched steps, %d for one sequence "
-                "(timed on its first ones: %s ms a step)",
+                "(timed on one-sequence steps: %s ms a step)",
                 self.name,
-                self._threads[0],
+                batched,
                 chosen,
                 ", ".join(
                     f"{c} thread(s) {1000 * statistics.median(t):.2f}"

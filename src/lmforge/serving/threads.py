@@ -66,19 +66,22 @@ def choose_threads(seconds: dict[int, float]) -> int:
 
 
 class ThreadTrial:
-    """Which thread count suits one-sequence steps, learnt from the first ones: candidates
-    take turns in blocks of :attr:`BLOCK` steps until each has :attr:`STEPS` timed steps
-    (the first step after a switch is not timed); then :func:`choose_threads` over the
-    medians decides, for good."""
+    """Which thread count suits one-sequence steps, learnt from the steps themselves:
+    candidates take turns in blocks of :attr:`BLOCK` steps until each has :attr:`STEPS`
+    timed steps (the first step after a switch is not timed); then :func:`choose_threads`
+    over the medians decides. After :attr:`RETRY` more one-sequence steps the trial runs
+    again, so that a choice made in a noisy moment does not stay."""
 
     BLOCK = 4
-    STEPS = 12
+    STEPS = 16
+    RETRY = 4096
 
     def __init__(self, candidates: list[int]) -> None:
         self.candidates = sorted(set(candidates))
         self.seconds: dict[int, list[float]] = {count: [] for count in self.candidates}
         self.chosen: int | None = self.candidates[0] if len(self.candidates) == 1 else None
-        self._steps = 0
+        self.trials = 0  # trials completed
+        self._steps = 0  # steps of the running trial, or since the last one ended
         self._last: int | None = None
 
     def count(self) -> int:
@@ -89,15 +92,19 @@ class ThreadTrial:
 
     def record(self, count: int, seconds: float) -> int | None:
         """Note that a one-sequence step on ``count`` threads took ``seconds``; the chosen
-        count when this step ends the trial, else None."""
-        if self.chosen is not None:
-            return None
+        count when this step ends a trial, else None."""
         self._steps += 1
+        if self.chosen is not None:
+            if len(self.candidates) > 1 and self._steps >= self.RETRY:
+                self.chosen, self._steps, self._last = None, 0, None
+                self.seconds = {c: [] for c in self.candidates}
+            return None
         switched, self._last = count != self._last, count
         if not switched:
             self.seconds[count].append(seconds)
         if all(len(times) >= self.STEPS for times in self.seconds.values()):
             medians = {c: statistics.median(times) for c, times in self.seconds.items()}
-            self.chosen = choose_threads(medians)
+            self.chosen, self._steps = choose_threads(medians), 0
+            self.trials += 1
             return self.chosen
         return None
