@@ -19,14 +19,8 @@ from lmforge.errors import LmforgeError
 from lmforge.generation import SampleConfig, generate, generate_ids, score
 from lmforge.models import build_model, ragged
 from lmforge.models.base import LanguageModel
-from lmforge.serving.engine import (
-    Engine,
-    EngineStopped,
-    QueueFull,
-    Request,
-    TokenInfo,
-    draw_rows,
-)
+from lmforge.serving.engine import Engine, EngineStopped, QueueFull, Request, TokenInfo
+from lmforge.serving.sampling import draw_rows
 from lmforge.tokenizers import CharTokenizer
 
 VOCAB = 40

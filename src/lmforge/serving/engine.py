@@ -62,6 +62,14 @@ from lmforge.generation import (
 from lmforge.models.base import LanguageModel
 from lmforge.serving import threads
 from lmforge.serving.batching import Batch, batch_for
+from lmforge.serving.sampling import (
+    INVALID_DRAW,
+    TokenInfo,
+    draw_rows,
+    grouped_process_logits,
+    sampling_groups,
+    token_infos,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("lmforge.serve")
@@ -92,17 +100,6 @@ class Request:
     top_logprobs: int = 0
     prompt_logprobs: bool = False
     logprobs: bool = True  # False: TokenInfo.logprob is NaN (unless top_logprobs > 0)
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenInfo:
-    """A token, log p(token | context) from the model's raw logits (float32, before
-    temperature / top-k / top-p / penalty: what ``lmforge score`` gives), and the ``top``
-    most likely tokens with their logprobs, most likely first."""
-
-    token: int
-    logprob: float
-    top: tuple[tuple[int, float], ...] = ()
 
 
 class Sequence:
@@ -626,7 +623,7 @@ class Engine:
             return [None]
         logprobs = F.log_softmax(predicting, dim=-1)
         targets = torch.tensor(ids[1:], device=logprobs.device)
-        infos = _token_infos(logprobs, targets, [slot.seq.request.top_logprobs] * len(targets))
+        infos = token_infos(logprobs, targets, [slot.seq.request.top_logprobs] * len(targets))
         return [None, *infos]
 
     def _sample_and_deliver(self, logits: torch.Tensor, outbox: Outbox) -> None:
@@ -637,7 +634,7 @@ class Engine:
         token_list = tokens.tolist()
         if any(s.wants_logprobs for s in rows):
             logprobs = F.log_softmax(logits, dim=-1)
-            infos = _token_infos(logprobs, tokens, [s.seq.request.top_logprobs for s in rows])
+            infos = token_infos(logprobs, tokens, [s.seq.request.top_logprobs for s in rows])
         else:
             infos = [TokenInfo(t, math.nan) for t in token_list]
         kept: list[int] = []
@@ -679,10 +676,10 @@ class Engine:
         tokens = logits.argmax(dim=-1)  # right for greedy rows, replaced for the others
         failed: set[int] = set()
         drawn: dict[int, torch.Tensor] = {}
-        for group in _sampling_groups(rows):
+        for group in sampling_groups(rows):
             # rows that filter alike are processed together and drawn in one go (always at a
-            # temperature > 0: see _sampling_groups), each with its own generator
-            processed = _grouped_process_logits(logits, group, rows)
+            # temperature > 0: see sampling_groups), each with its own generator
+            processed = grouped_process_logits(logits, group, rows)
             if processed is not None:
                 generators = [rows[i].generator for i in group]
                 group_tokens, valid = draw_rows(processed.softmax(dim=-1), generators)
@@ -788,59 +785,6 @@ def _reads_alone(slot: _Slot) -> bool:
     return slot.config.max_new_tokens == 0 or (first and slot.seq.request.prompt_logprobs)
 
 
-def _sampling_groups(rows: list[_Slot]) -> list[list[int]]:
-    """The sampled (not greedy) rows, grouped by the filters they apply; a row with a
-    repetition penalty (its own ``seen`` tokens) is a group of its own, so the rows of a
-    larger group sample at a temperature above 0."""
-    groups: dict[object, list[int]] = {}
-    for i, slot in enumerate(rows):
-        if slot.greedy:
-            continue
-        config = slot.config
-        key = (config.temperature, config.top_k, config.top_p) if slot.seen is None else i
-        groups.setdefault(key, []).append(i)
-    return list(groups.values())
-
-
-def _grouped_process_logits(
-    logits: torch.Tensor, group: list[int], rows: list[_Slot]
-) -> torch.Tensor | None:
-    """process_logits over the group's rows at once (None: a single row, done alone)."""
-    if len(group) == 1:
-        return None
-    index = torch.tensor(group, device=logits.device)
-    with contextlib.suppress(RuntimeError):
-        return process_logits(logits.index_select(0, index), rows[group[0]].config)
-    return None
-
-
-INVALID_DRAW = "model step failed: the next-token probabilities are not finite (NaN or inf)"
-
-
-def draw_rows(
-    probs: torch.Tensor, generators: list[torch.Generator]
-) -> tuple[torch.Tensor, list[bool]]:
-    """One token per row of ``probs`` [N, I], row i drawn with ``generators[i]``: exactly the
-    token, and the generator state after, of ``torch.multinomial(probs[i:i+1], 1,
-    generator=generators[i])``, which for one sample takes argmax(p / q), q ~ Exp(1) drawn
-    from the generator. Here the division and the argmax run once for all rows, and the rows'
-    validity is read back once rather than once per row (on a GPU, one synchronisation per
-    step instead of one per row). A row multinomial would refuse (not finite, negative, or
-    summing to 0) draws nothing and is False in the returned list.
-
-    >>> probs = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
-    >>> draw_rows(probs, [torch.Generator(), torch.Generator()])
-    (tensor([1, 0]), [True, True])
-    """
-    usable = torch.isfinite(probs).all(dim=-1) & (probs >= 0).all(dim=-1) & (probs.sum(-1) > 0)
-    valid = usable.tolist()
-    q = torch.ones_like(probs)
-    for row, ok, generator in zip(q, valid, generators, strict=True):
-        if ok:
-            row.exponential_(generator=generator)
-    return (probs / q).argmax(dim=-1), valid
-
-
 def hole_filling_order(kept: list[int]) -> list[int]:
     """An order of the surviving rows ``kept`` (ascending) in which each survivor keeps its
     place when it is inside the new size, and the others fill the holes.
@@ -852,22 +796,6 @@ def hole_filling_order(kept: list[int]) -> list[int]:
     survivors = set(kept)
     movers = iter(r for r in kept if r >= size)
     return [j if j in survivors else next(movers) for j in range(size)]
-
-
-def _token_infos(logprobs: torch.Tensor, tokens: torch.Tensor, tops: list[int]) -> list[TokenInfo]:
-    """TokenInfo for row i: ``tokens[i]``'s logprob in ``logprobs[i]`` [N, I] and its
-    ``tops[i]`` most likely alternatives."""
-    chosen = logprobs.gather(-1, tokens[:, None])[:, 0].tolist()
-    token_list = tokens.tolist()
-    k = min(max(tops, default=0), logprobs.shape[-1])
-    if k == 0:
-        return [TokenInfo(t, lp) for t, lp in zip(token_list, chosen, strict=True)]
-    values, indices = torch.topk(logprobs, k, dim=-1)
-    values, indices = values.tolist(), indices.tolist()
-    return [
-        TokenInfo(t, lp, tuple(zip(indices[i][:n], values[i][:n], strict=True)))
-        for i, (t, lp, n) in enumerate(zip(token_list, chosen, tops, strict=True))
-    ]
 
 
 def _run_call(
