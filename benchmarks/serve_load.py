@@ -443,7 +443,7 @@ def main() -> None:
         server = start_server(runs, port, max(args.clients), args.server_threads, args.device)
         try:
             told = args.server_threads or (
-                "serve's default (cores - 1, at least 1; with one sequence, the fastest timed)"
+                "serve's default (cores - 1, at least 1; with one sequence, its trial's choice)"
             )
             print(
                 f"machine: {os.cpu_count()} CPUs; device {device_name(args.device)}; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import pytest
 import torch
@@ -129,6 +130,15 @@ def test_a_batch_pauses_the_trial_and_steps_on_the_batched_count(
     monkeypatch.setattr(threads, "machine_cores", lambda: 2)
     calls = run_and_record_threads({"threads_alone": "auto"}, [3, 4, 5])
     assert {count for rows, count in calls if rows > 1} == {1}
+
+
+def test_auto_off_a_cpu_steps_one_sequence_on_the_batched_count() -> None:
+    engine = Engine(make_model("lstm"), threads_alone="auto")
+    engine._device = torch.device("cuda")  # only its type is read: no trial off a CPU
+    in_engine_thread = threading.Thread(target=engine._start_threads)
+    in_engine_thread.start()
+    in_engine_thread.join()
+    assert engine.threads == (1, 1) and engine._trial is None
 
 
 def test_threads_alone_must_be_a_count_auto_or_none() -> None:

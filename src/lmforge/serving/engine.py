@@ -296,7 +296,7 @@ class Engine:
     @property
     def seconds(self) -> dict[str, float]:
         """Engine-thread seconds spent so far in each of :data:`PHASES`: ``read`` (prompts and
-        slid windows read alone), ``decode`` (the batched steps) and ``sample`` (drawing the
+        slid windows), ``decode`` (the batched steps) and ``sample`` (drawing the
         rows' tokens and handing them over). Where a busy engine's time goes: at many
         sequences, a model whose window slides often spends most of it reading. (On a GPU a
         phase's kernels may still run in the next one: the host waits for them when it reads
@@ -479,9 +479,10 @@ class Engine:
         :class:`threads.ThreadTrial` on a CPU, else the batched count; None: the batched)."""
         batched = self._batched_threads
         alone = self.threads_alone
-        if alone == "auto" and self._device.type == "cpu":
-            candidates = threads.candidate_threads(threads.machine_cores(), batched)
-            self._trial = threads.ThreadTrial(candidates)
+        if alone == "auto":
+            if self._device.type == "cpu":
+                candidates = threads.candidate_threads(threads.machine_cores(), batched)
+                self._trial = threads.ThreadTrial(candidates)
             alone = None
         self._threads = (batched, int(alone or batched))
         torch.set_num_threads(batched)
@@ -597,8 +598,8 @@ class Engine:
         the batch; return its next-token logits [1, I] (float32). A new sequence that asks
         for them gets its prompt logprobs here."""
         window = torch.tensor(slot.history[slot.start :], device=self._device)[None]
-        self._read_tokens += window.shape[1]
         logits, state = self.model(window)
+        self._read_tokens += window.shape[1]
         logits = logits[0].float()
         if slot.generated == 0 and slot.seq.request.prompt_logprobs:
             slot.seq.prompt_logprobs = self._prompt_logprobs(slot, logits)
